@@ -1,0 +1,1 @@
+"""Ray Data pipelines: rendering and generating face datasets as exactly-once Parquet shards."""
