@@ -1,0 +1,177 @@
+"""The condition encoder of the CemiFace generator: identity embedding + similarity scalar m
+(+ optional nuisance attributes) → cross-attention tokens and a pooled vector.
+
+CemiFace appends `C_att = F2(concat(C_id, F1(m)))` as extra keys/values to the UNet's attention.
+In diffusers terms these are the `encoder_hidden_states` tokens that the UNet's cross-attention
+blocks attend to. The pooled vector feeds the UNet's `class_labels` input
+(`class_embed_type="projection"`), so the condition is also added to the timestep embedding
+(DCFace's route). Extra variation tokens carry GANDiffFace-style controllable intra-class
+variation (pose, expression, occluders, light); a learned null token stands in for them when
+they are dropped during training or not given at sampling time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import Tensor, nn
+
+
+@dataclass
+class ConditionOutput:
+    """`tokens`: N×L×cross_attention_dim for `encoder_hidden_states`; `pooled`: N×pooled_dim for
+    the UNet's `class_labels`, or None when the encoder was built without a pooled output."""
+
+    tokens: Tensor
+    pooled: Tensor | None
+
+
+class CemiConditionEncoder(ModelMixin, ConfigMixin):
+    """F1 (linear on m) and F2 (MLP on [C_id, F1(m)]) of CemiFace, plus optional variation tokens.
+
+    Token layout: `num_tokens` identity/similarity tokens, then `num_variation_tokens` variation
+    tokens when `num_variation_attrs > 0`. Training-time condition dropout (only in `train()`
+    mode): `variation_dropout_prob` replaces a sample's variation tokens by the learned null
+    tokens; `id_dropout_prob` replaces its identity embedding by a learned null identity
+    (IDiff-Face's condition dropout; 0 in CemiFace, which samples without guidance).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        id_dim: int = 512,
+        cross_attention_dim: int = 512,
+        num_tokens: int = 4,
+        sim_dim: int = 128,
+        hidden_dim: int = 1024,
+        pooled_dim: int | None = 512,
+        num_variation_attrs: int = 0,
+        num_variation_tokens: int = 1,
+        variation_hidden_dim: int = 128,
+        variation_dropout_prob: float = 0.0,
+        id_dropout_prob: float = 0.0,
+    ):
+        super().__init__()
+        for name, value in (
+            ("id_dim", id_dim),
+            ("cross_attention_dim", cross_attention_dim),
+            ("num_tokens", num_tokens),
+            ("sim_dim", sim_dim),
+            ("hidden_dim", hidden_dim),
+            ("num_variation_tokens", num_variation_tokens),
+            ("variation_hidden_dim", variation_hidden_dim),
+        ):
+            if value < 1:
+                raise ValueError(f"CemiConditionEncoder: {name} must be >= 1, got {value}")
+        if pooled_dim is not None and pooled_dim < 1:
+            raise ValueError(
+                f"CemiConditionEncoder: pooled_dim must be >= 1 or None, got {pooled_dim}"
+            )
+        if num_variation_attrs < 0:
+            raise ValueError(
+                f"CemiConditionEncoder: num_variation_attrs must be >= 0, got {num_variation_attrs}"
+            )
+        for name, p in (
+            ("variation_dropout_prob", variation_dropout_prob),
+            ("id_dropout_prob", id_dropout_prob),
+        ):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"CemiConditionEncoder: {name} must lie in [0, 1], got {p}")
+
+        self.similarity_proj = nn.Linear(1, sim_dim)
+        self.fuse = nn.Sequential(nn.Linear(id_dim + sim_dim, hidden_dim), nn.SiLU())
+        self.to_tokens = nn.Linear(hidden_dim, num_tokens * cross_attention_dim)
+        self.token_norm = nn.LayerNorm(cross_attention_dim)
+        self.to_pooled = nn.Linear(hidden_dim, pooled_dim) if pooled_dim is not None else None
+        self.null_identity = nn.Parameter(torch.zeros(id_dim)) if id_dropout_prob > 0 else None
+        if num_variation_attrs > 0:
+            self.variation_mlp = nn.Sequential(
+                nn.Linear(num_variation_attrs, variation_hidden_dim),
+                nn.SiLU(),
+                nn.Linear(variation_hidden_dim, num_variation_tokens * cross_attention_dim),
+            )
+            self.null_variation = nn.Parameter(
+                torch.randn(num_variation_tokens, cross_attention_dim) * 0.02
+            )
+        else:
+            self.variation_mlp = None
+            self.null_variation = None
+
+    @property
+    def num_condition_tokens(self) -> int:
+        """Length of the token sequence the UNet attends to."""
+        extra = self.config.num_variation_tokens if self.config.num_variation_attrs > 0 else 0
+        return self.config.num_tokens + extra
+
+    def forward(
+        self,
+        id_embeddings: Tensor,
+        similarity: Tensor,
+        variation: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> ConditionOutput:
+        """`id_embeddings` N×id_dim, `similarity` N (m per sample), `variation`
+        N×num_variation_attrs or None (null tokens). `generator` drives the training-time
+        condition dropout."""
+        cfg = self.config
+        n = id_embeddings.shape[0]
+        if id_embeddings.ndim != 2 or id_embeddings.shape[1] != cfg.id_dim:
+            raise ValueError(
+                f"CemiConditionEncoder: id_embeddings must be N×{cfg.id_dim}, "
+                f"got {tuple(id_embeddings.shape)}"
+            )
+        if similarity.shape != (n,):
+            raise ValueError(
+                f"CemiConditionEncoder: similarity must have shape ({n},), "
+                f"got {tuple(similarity.shape)}"
+            )
+        dtype = self.to_tokens.weight.dtype
+        id_embeddings = id_embeddings.to(dtype)
+        if self.training and self.null_identity is not None:
+            drop = self._drop_mask(n, cfg.id_dropout_prob, generator, id_embeddings.device)
+            id_embeddings = torch.where(drop[:, None], self.null_identity.to(dtype), id_embeddings)
+
+        c_sim = self.similarity_proj(similarity.to(dtype)[:, None])
+        hidden = self.fuse(torch.cat([id_embeddings, c_sim], dim=1))
+        tokens = self.to_tokens(hidden).view(n, cfg.num_tokens, cfg.cross_attention_dim)
+        tokens = self.token_norm(tokens)
+        pooled = self.to_pooled(hidden) if self.to_pooled is not None else None
+
+        if self.variation_mlp is not None:
+            tokens = torch.cat([tokens, self._variation_tokens(n, variation, generator, tokens)], 1)
+        elif variation is not None:
+            raise ValueError(
+                "CemiConditionEncoder: got variation attributes but the encoder was built with "
+                "num_variation_attrs=0"
+            )
+        return ConditionOutput(tokens=tokens, pooled=pooled)
+
+    def _variation_tokens(
+        self, n: int, variation: Tensor | None, generator: torch.Generator | None, like: Tensor
+    ) -> Tensor:
+        cfg = self.config
+        null = self.null_variation.to(like.dtype).expand(n, -1, -1)
+        if variation is None:
+            return null
+        if variation.shape != (n, cfg.num_variation_attrs):
+            raise ValueError(
+                f"CemiConditionEncoder: variation must be {n}×{cfg.num_variation_attrs}, "
+                f"got {tuple(variation.shape)}"
+            )
+        embedded = self.variation_mlp(variation.to(like.dtype)).view(
+            n, cfg.num_variation_tokens, cfg.cross_attention_dim
+        )
+        if self.training and cfg.variation_dropout_prob > 0:
+            drop = self._drop_mask(n, cfg.variation_dropout_prob, generator, like.device)
+            embedded = torch.where(drop[:, None, None], null, embedded)
+        return embedded
+
+    @staticmethod
+    def _drop_mask(
+        n: int, p: float, generator: torch.Generator | None, device: torch.device
+    ) -> Tensor:
+        gen_device = generator.device if generator is not None else device
+        return (torch.rand(n, generator=generator, device=gen_device) < p).to(device)
