@@ -27,6 +27,8 @@ class Job:
 
 JOBS: dict[str, Job] = {
     "quickstart": Job("cemiray.quickstart", "QuickstartConfig", "the main job on the embedded default"),
+    "train-fr": Job("cemiray.train.fr", "TrainFRConfig",
+                    "train an IResNet + margin head with Ray Train and DeepSpeed"),
     "render": Job("cemiray.pipeline.render", "RenderConfig", "render a ToyFaces split as a dataset"),
 }
 
@@ -68,6 +70,16 @@ def main(argv: list[str] | None = None, job: str | None = None) -> int:
         return 0
     run(config)
     return 0
+
+
+def job_main(job: str):
+    """The `main(argv=None)` of a `jobs/` entry point for one job."""
+
+    def entry(argv: list[str] | None = None) -> int:
+        return main(argv, job=job)
+
+    entry.__doc__ = f"Run `cemiray {job}` with these options."
+    return entry
 
 
 if __name__ == "__main__":

@@ -1,16 +1,7 @@
-"""Ray job entry point: the main job on the embedded default (see `cemiray quickstart --help`)."""
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package, under --working-dir
-
-
-def main(argv=None) -> int:
-    from cemiray.cli import main as cli_main
-
-    return cli_main(argv, job="quickstart")
-
-
+"""Ray job entry point for `cemiray quickstart`: `python jobs/quickstart.py [--config F] [key=value ...]`."""
+import sys, pathlib  # noqa: E401  (the package root, for `ray job submit --working-dir .`)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from cemiray.cli import job_main  # noqa: E402
+main = job_main("quickstart")
 if __name__ == "__main__":
     raise SystemExit(main())

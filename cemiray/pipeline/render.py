@@ -32,28 +32,18 @@ def shard_name(first: int, last: int) -> str:
     return f"shard-{first:08d}-{last:08d}.parquet"
 
 
-def toyfaces_rows(world_cfg: WorldConfig, identities: range, samples: int, label_offset: int):
-    """Face rows of `identities` × `samples` (label = identity − label_offset)."""
-    from cemiray.data.images import encode_png
-    from cemiray.data.toyfaces import ToyFacesWorld
+def toyfaces_uri(world: WorldConfig, first: int, last: int, samples: int) -> str:
+    return (f"toyfaces:?seed={world.seed}&size={world.size}&difficulty={world.difficulty}"
+            f"&ids={first}-{last - 1}&samples={samples}")
 
-    world = ToyFacesWorld(seed=world_cfg.seed, size=world_cfg.size, difficulty=world_cfg.difficulty)
-    ids = [i for i in identities for _ in range(samples)]
-    sams = [s for _ in identities for s in range(samples)]
-    images, nuisances = world.render_batch(ids, sams)
-    rows = []
-    for img, identity, sample, nuisance in zip(images, ids, sams, nuisances):
-        rows.append(
-            {
-                "image": encode_png(img),
-                "label": identity - label_offset,
-                "sample": sample,
-                "identity": identity,
-                **{k: int(v) for k, v in world.attributes(identity).items()},
-                "nuisance": json.dumps(nuisance, sort_keys=True),
-            }
-        )
-    return rows
+
+def toyfaces_rows(world: WorldConfig, identities: range, samples: int, label_offset: int):
+    """Face rows of `identities` × `samples`, labelled identity − label_offset so that shards of
+    one dataset share one contiguous label space."""
+    from cemiray.data.sources import parse_source
+
+    source = parse_source(toyfaces_uri(world, identities.start, identities.stop, samples))
+    return [{**row, "label": row["identity"] - label_offset} for row in source.iter_rows()]
 
 
 def _render_shard(block: dict) -> dict:

@@ -1,0 +1,169 @@
+"""Embedding face datasets with a frozen recogniser as a Ray Data pass: read tasks turn source
+URIs into encoded-image rows, a pool of actors (each loading the recogniser once) adds an
+`embedding` column, and the driver collects the embeddings back in source order.
+
+Ray Data may hand blocks back in any order, so every row carries an `index` (its position in
+the concatenation of the sources) and `collect_embeddings` sorts by it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+DEFAULT_ROWS_PER_TASK = 1000
+
+
+def _read_part(item: dict) -> list[dict]:
+    """Rows of one contiguous part of one source, each with its global `index`."""
+    from cemiray.data.sources import parse_source
+
+    source = parse_source(item["uri"])
+    start, stop = item["start"], item["stop"]
+    rows = [
+        {"index": item["offset"] + start + i, "image": row["image"], "label": int(row["label"]),
+         "flip": bool(item["flip"])}
+        for i, row in enumerate(source.iter_rows(shard=item["part"], num_shards=item["parts"]))
+    ]
+    if len(rows) != stop - start:
+        raise ValueError(f"{item['uri']}: part {item['part']} of {item['parts']} yielded "
+                         f"{len(rows)} rows, expected {stop - start} (did the source change "
+                         "while it was read?)")
+    return rows
+
+
+def read_face_sources(uris: Sequence[str], flips: Sequence[bool] | None = None,
+                      rows_per_task: int = DEFAULT_ROWS_PER_TASK, num_cpus: float = 0.5):
+    """A Ray Dataset of `{index, image, label, flip}` rows over the concatenation of `uris`, read
+    by tasks of about `rows_per_task` rows, and the `index` range of each source. `flips` marks
+    the sources whose rows are embedded with their horizontal flip (see `embed_dataset`).
+    Sources are opened here first, so a missing file fails before any Ray work."""
+    import ray.data
+
+    from cemiray.data.sources import parse_source
+
+    flips = [False] * len(uris) if flips is None else list(flips)
+    if len(flips) != len(uris):
+        raise ValueError(f"{len(flips)} flip flags for {len(uris)} sources")
+    if rows_per_task < 1:
+        raise ValueError(f"rows_per_task must be >= 1, got {rows_per_task}")
+    items, spans, offset = [], [], 0
+    for uri, flip in zip(uris, flips, strict=True):
+        n = parse_source(uri).num_rows()
+        if n == 0:
+            raise ValueError(f"{uri}: the source holds no images")
+        parts = -(-n // rows_per_task)
+        for part in range(parts):
+            items.append({"uri": str(uri), "part": part, "parts": parts, "offset": offset,
+                          "start": n * part // parts, "stop": n * (part + 1) // parts,
+                          "flip": bool(flip)})
+        spans.append(range(offset, offset + n))
+        offset += n
+    if not items:
+        raise ValueError("no sources to read")
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    return ds.flat_map(_read_part, num_cpus=num_cpus), spans
+
+
+def _decode(batch: dict, i: int) -> np.ndarray:
+    from cemiray.data.images import decode_image
+
+    where = f"row index {batch['index'][i]}" if "index" in batch else f"batch row {i}"
+    return decode_image(bytes(batch["image"][i]), where=where)
+
+
+class Embedder:
+    """A Ray Data actor: loads the recogniser once, then embeds batches of encoded images.
+
+    Images of one batch are grouped by pixel size and embedded group by group, so the result
+    equals `Recognizer.embed` (or `embed_with_flip`) on the same decoded images."""
+
+    def __init__(self, model_uri: str, device: str, flip: bool, flip_column: str | None,
+                 keep_images: bool) -> None:
+        from cemiray.models.recognizer import load_recognizer
+
+        self.recognizer = load_recognizer(model_uri, device)
+        self.flip, self.flip_column, self.keep_images = flip, flip_column, keep_images
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from cemiray.eval.verification import embed_with_flip
+
+        n = len(batch["image"])
+        if self.flip_column is not None:
+            flips = np.asarray(batch[self.flip_column], dtype=bool)
+        else:
+            flips = np.full(n, self.flip)
+        images = [_decode(batch, i) for i in range(n)]
+        groups: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault((image.shape, bool(flips[i])), []).append(i)
+        out = np.empty((n, self.recognizer.dim), dtype=np.float32)
+        for (_, flip), rows in groups.items():
+            stacked = np.stack([images[i] for i in rows])
+            if flip:
+                out[rows] = embed_with_flip(self.recognizer, stacked, batch_size=len(rows))
+            else:
+                out[rows] = self.recognizer.embed(stacked, batch_size=len(rows))
+        result = {k: v for k, v in batch.items() if self.keep_images or k != "image"}
+        result["embedding"] = out
+        return result
+
+
+def embed_dataset(ds, model_uri: str, batch_size: int = 256, num_actors: tuple[int, int] = (1, 2),
+                  cpus_per_actor: float = 0.5, use_gpu: bool = False, flip: bool = False,
+                  flip_column: str | None = None, keep_images: bool = False):
+    """`ds` (rows with an encoded `image`) with an `embedding` column (float32 unit vectors) added
+    by a pool of `num_actors = (min, max)` actors, each holding the recogniser once.
+
+    flip=True embeds every image as the arcface_torch protocol does (raw features of the image
+    and of its mirror summed, then L2-normalised); `flip_column` names a bool column choosing
+    this per row instead. The `image` column is dropped unless `keep_images`. Keep
+    `cpus_per_actor` at 0.5 or less on a 2-core machine, or the read tasks starve."""
+    import ray.data
+
+    low, high = (int(v) for v in num_actors)
+    if not 1 <= low <= high:
+        raise ValueError(f"num_actors={num_actors}: need 1 <= min <= max")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if cpus_per_actor < 0:
+        raise ValueError(f"cpus_per_actor must be >= 0, got {cpus_per_actor}")
+    return ds.map_batches(
+        Embedder,
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
+        num_cpus=cpus_per_actor,
+        num_gpus=1 if use_gpu else 0,
+        batch_size=int(batch_size),
+        batch_format="numpy",
+        fn_constructor_kwargs=dict(model_uri=str(model_uri), device="cuda" if use_gpu else "cpu",
+                                   flip=bool(flip), flip_column=flip_column,
+                                   keep_images=bool(keep_images)),
+    )
+
+
+def collect_embeddings(ds) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(embeddings N x D float32, labels, the other columns) of an embedded dataset, in the order
+    of its `index` column, which must hold distinct values."""
+    columns: dict[str, list[Any]] = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for key, value in batch.items():
+            columns.setdefault(key, []).append(value)
+    if not columns:
+        raise ValueError("the embedded dataset holds no rows")
+    for needed in ("index", "embedding", "label"):
+        if needed not in columns:
+            raise ValueError(f"the embedded dataset has no {needed!r} column "
+                             f"(columns: {sorted(columns)})")
+    data = {key: np.concatenate(parts) for key, parts in columns.items()}
+    index = data.pop("index").astype(np.int64)
+    order = np.argsort(index, kind="stable")
+    index = index[order]
+    repeated = index[1:][index[1:] == index[:-1]]
+    if repeated.size:
+        raise ValueError(f"rows with index {np.unique(repeated)[:10].tolist()} came back more "
+                         "than once")
+    embeddings = np.asarray(np.stack(data.pop("embedding")[order]), dtype=np.float32)
+    labels = data.pop("label")[order]
+    extras = {"index": index, **{key: value[order] for key, value in data.items()}}
+    return embeddings, labels, extras

@@ -1,0 +1,1 @@
+"""Ray Train + DeepSpeed training loops: the recognition backbone and the CemiFace generator."""

@@ -1,0 +1,154 @@
+"""What both trainers share: the DeepSpeed engine inside a Ray Train worker, checkpoints through
+`ray.train.report`, resume after a worker failure, metrics as JSON lines, and the trainer itself.
+
+Checkpoints: every rank calls `engine.save_checkpoint` into its own temporary folder and reports
+it; Ray merges the ranks' files into one checkpoint under `storage_path`. On a restart (worker
+failure, `FailureConfig`) `ray.train.get_checkpoint()` returns the latest one and every rank loads
+it with `engine.load_checkpoint`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+from cemiray import storage
+from cemiray.train.settings import DistributedConfig
+
+CHECKPOINT_TAG = "state"
+
+
+def deepspeed_config(dist: DistributedConfig, micro_batch: int, grad_clip: float = 0.0) -> dict:
+    world = dist.num_workers
+    cfg: dict = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": dist.grad_accum,
+        "train_batch_size": micro_batch * dist.grad_accum * world,
+        "zero_optimization": {"stage": dist.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": dist.bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if grad_clip > 0:
+        cfg["gradient_clipping"] = grad_clip
+    return cfg
+
+
+def worker_device(dist: DistributedConfig) -> torch.device:
+    if dist.use_gpu and torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    if dist.torch_threads:
+        torch.set_num_threads(dist.torch_threads)
+    return torch.device("cpu")
+
+
+def initialize(model, optimizer, dist: DistributedConfig, micro_batch: int, lr_scheduler=None,
+               grad_clip: float = 0.0):
+    """`deepspeed.initialize` inside the worker loop (it reuses Ray Train's process group)."""
+    if not dist.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    engine, optimizer, _, lr_scheduler = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        config=deepspeed_config(dist, micro_batch, grad_clip),
+    )
+    return engine, optimizer, lr_scheduler
+
+
+def restore(engine, resume_from: str | None = None) -> dict | None:
+    """Load the latest checkpoint of this run (after a failure) or `resume_from`; return the client
+    state saved with it, or None for a fresh start."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None and resume_from:
+        ckpt = ray.train.Checkpoint(resume_from)
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as folder:
+        _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+    return client_state or {}
+
+
+def save_and_report(engine, metrics: dict, client_state: dict) -> None:
+    """Every rank saves its part of the engine state and reports it with the metrics."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="cemiray-ckpt-") as tmp:
+        engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state=client_state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def record_worker(out_url: str, rank: int) -> None:
+    """Note which process serves which rank (operators kill or profile workers by it)."""
+    import socket
+
+    info = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+    storage.atomic_write_text(storage.join(out_url, "workers", f"rank-{rank}.json"), json.dumps(info))
+
+
+class MetricsLog:
+    """JSON lines of progress written by rank 0 (the file is rewritten whole, atomically, so it
+    works on object stores too)."""
+
+    def __init__(self, url: str, enabled: bool = True):
+        self.url, self.enabled = url, enabled
+        self.lines: list[str] = []
+        if enabled and storage.exists(url):
+            self.lines = [ln for ln in storage.read_text(url).splitlines() if ln.strip()]
+
+    def write(self, record: dict, echo: bool = True) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        self.lines.append(json.dumps(record, sort_keys=True))
+        storage.atomic_write_text(self.url, "\n".join(self.lines) + "\n")
+        if echo:
+            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()
+                     if k != "time"}
+            print(json.dumps(shown), flush=True)
+
+
+def read_metrics(url: str) -> list[dict]:
+    return [json.loads(ln) for ln in storage.read_text(url).splitlines() if ln.strip()]
+
+
+def run_trainer(loop, loop_config: dict, dist: DistributedConfig, name: str | None,
+                datasets: dict | None = None):
+    """Run `loop(config)` on `dist.num_workers` Ray Train workers; return the Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": dist.cpus_per_worker}
+    if dist.use_gpu:
+        resources["GPU"] = 1
+    storage_path = dist.storage_path
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).resolve())
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=dist.num_workers, use_gpu=dist.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            # Reusing a run name silently resumes that run: fresh runs get a unique one.
+            name=name or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=dist.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=dist.keep_checkpoints),
+        ),
+        datasets=datasets,
+    )
+    return trainer.fit()

@@ -1,0 +1,234 @@
+"""`cemiray train-fr`: an IResNet backbone + margin head trained with Ray Train and DeepSpeed.
+
+The same code runs on 2 CPU workers here and on N GPU workers in a cluster: only the
+`distributed` section changes. Progress is counted in images seen so it does not depend on the
+number of workers; the final backbone (and the head's class centres) are exported as folders of
+`config.json` + safetensors."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import Field
+
+from cemiray import storage
+from cemiray.config import JobConfig, RayConfig
+from cemiray.train.settings import AugmentConfig, DistributedConfig
+
+
+class TrainFRConfig(JobConfig):
+    out: str = "runs/train_fr"
+    data: str = "toyfaces:?seed=0&ids=0-499&samples=20&size=32"
+    verification: str | None = Field(None, description="a verification .bin evaluated during training")
+    backbone: str = "iresnet18"
+    input_size: int = Field(32, ge=16, le=112)
+    embedding_dim: int = Field(512, ge=8)
+    head: str = Field("cosface", description="arcface | cosface | adaface")
+    margin: float = 0.4
+    scale: float = 64.0
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(64, ge=2, description="micro-batch per worker")
+    optimizer: str = Field("sgd", description="sgd | adamw")
+    lr: float = Field(0.1, gt=0)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75, 0.9],
+                                       description="fractions of training where lr ×= lr_gamma")
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    eval_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    read_parts: int = Field(4, ge=1)
+    resume_from: str | None = None
+    seed: int = 0
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
+def build_model(cfg: TrainFRConfig, num_classes: int):
+    import torch
+
+    from cemiray.models import get_backbone, get_margin_head
+
+    class FaceRecognitionModel(torch.nn.Module):
+        """Backbone + margin head; forward returns the loss (what DeepSpeed wraps)."""
+
+        def __init__(self):
+            super().__init__()
+            self.backbone = get_backbone(cfg.backbone, input_size=cfg.input_size,
+                                         num_features=cfg.embedding_dim)
+            self.head = get_margin_head(cfg.head, num_classes=num_classes,
+                                        embedding_dim=cfg.embedding_dim, s=cfg.scale,
+                                        m=cfg.margin)
+
+        def forward(self, x, labels):
+            return self.head(self.backbone(x), labels)
+
+    return FaceRecognitionModel()
+
+
+def lr_lambda(cfg: TrainFRConfig, total_steps: int):
+    milestones = sorted(int(f * total_steps) for f in cfg.lr_milestones)
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        return warm * cfg.lr_gamma ** sum(step >= m for m in milestones)
+
+    return factor
+
+
+def make_optimizer(cfg, params):
+    import torch
+
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer: unknown {cfg.optimizer!r} (sgd | adamw)")
+
+
+class VerificationProbe:
+    """Verification accuracy of the backbone on a `.bin` set (arcface_torch protocol)."""
+
+    def __init__(self, url: str, size: int):
+        from cemiray.data.verification_bin import decode_bin
+
+        images, self.issame = decode_bin(url, size)
+        import torch
+
+        self.x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+    def __call__(self, backbone, device) -> dict:
+        import torch
+
+        from cemiray.eval.verification import evaluate_pairs
+
+        was_training = backbone.training
+        backbone.eval()
+        with torch.no_grad():
+            embs = []
+            for chunk in self.x.split(256):
+                chunk = chunk.to(device)
+                embs.append((backbone(chunk) + backbone(chunk.flip(-1))).float().cpu())
+            emb = torch.nn.functional.normalize(torch.cat(embs), dim=1).numpy()
+        backbone.train(was_training)
+        result = evaluate_pairs(emb[0::2], emb[1::2], self.issame)
+        return {"val_acc": float(result["accuracy_mean"]), "val_acc_std": float(result["accuracy_std"])}
+
+
+def export_model(model, cfg: TrainFRConfig, num_classes: int, meta: dict) -> None:
+    from cemiray.models.serialization import save_model_folder
+
+    backbone_config = dict(model.backbone.config)
+    save_model_folder(model.backbone, storage.join(cfg.out, "backbone"), backbone_config)
+    save_model_folder(model.head, storage.join(cfg.out, "head"), {**model.head.config, **meta})
+
+
+def train_loop(config: dict) -> None:
+    """Runs in every Ray Train worker."""
+    import ray.train
+    import torch
+
+    from cemiray.data.augment import augment
+    from cemiray.train import engine as eng
+    from cemiray.train.face_data import decode_batch
+
+    cfg = TrainFRConfig.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = eng.worker_device(cfg.distributed)
+    torch.manual_seed(cfg.seed)
+    num_classes, steps_per_epoch = config["num_classes"], config["steps_per_epoch"]
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    model = build_model(cfg, num_classes).to(device)
+    optimizer = make_optimizer(cfg, model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    engine, _, _ = eng.initialize(model, optimizer, cfg.distributed, cfg.batch_size, scheduler)
+    state = eng.restore(engine, cfg.resume_from) or {}
+    step, images_seen = int(state.get("step", 0)), int(state.get("images_seen", 0))
+    eng.record_worker(cfg.out, rank)
+    log = eng.MetricsLog(storage.join(cfg.out, "metrics.jsonl"), enabled=rank == 0)
+    if rank == 0:
+        log.write({"event": "start", "step": step, "resumed": bool(state), "world_size": world,
+                   "total_steps": total_steps})
+    probe = VerificationProbe(cfg.verification, cfg.input_size) if cfg.verification and rank == 0 else None
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7919 * step)
+    shard = ray.train.get_dataset_shard("train")
+    dtype = torch.bfloat16 if cfg.distributed.bf16 else torch.float32
+
+    t_window, n_window = time.perf_counter(), 0
+    metrics: dict = {}
+    while step < total_steps:
+        epoch_batches = 0
+        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                        drop_last=True, local_shuffle_buffer_size=1024,
+                                        local_shuffle_seed=cfg.seed + step):
+            epoch_batches += 1
+            x = augment(decode_batch(batch["image"], cfg.input_size), cfg.augment, gen)
+            y = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
+            loss = engine(x.to(device, dtype), y)
+            engine.backward(loss)
+            engine.step()
+            if not engine.is_gradient_accumulation_boundary():
+                continue
+            step += 1
+            images_seen += cfg.batch_size * cfg.distributed.grad_accum * world
+            n_window += cfg.batch_size * cfg.distributed.grad_accum * world
+            metrics = {"step": step, "loss": float(loss.detach().float()),
+                       "lr": scheduler.get_last_lr()[0], "images_seen": images_seen}
+            if step % cfg.log_every == 0:
+                elapsed = time.perf_counter() - t_window
+                metrics["img_per_s"] = n_window / max(elapsed, 1e-9)
+                t_window, n_window = time.perf_counter(), 0
+                log.write({"event": "train", **metrics})
+            if probe and (step % cfg.eval_every == 0 or step == total_steps):
+                log.write({"event": "eval", "step": step, **probe(model.backbone, device)})
+            if step % cfg.distributed.checkpoint_every == 0 or step == total_steps:
+                eng.save_and_report(engine, metrics, {"step": step, "images_seen": images_seen})
+            if step >= total_steps:
+                break
+        if epoch_batches == 0:
+            raise ValueError(f"train-fr: the data shard of rank {rank} holds fewer than one batch "
+                             f"of {cfg.batch_size} images; lower batch_size or add data")
+    if rank == 0:
+        if probe:
+            metrics.update(probe(model.backbone, device))
+        export_model(model, cfg, num_classes, {"steps": step, "images_seen": images_seen})
+        log.write({"event": "done", **metrics})
+
+
+def run(cfg: TrainFRConfig) -> dict:
+    from cemiray.pipeline.cluster import init_ray
+    from cemiray.train.engine import read_metrics, run_trainer
+    from cemiray.train.face_data import face_dataset, num_classes
+
+    init_ray(cfg.ray)
+    storage.makedirs(cfg.out)
+    cfg.save(cfg.out)
+    t0 = time.perf_counter()
+    ds = face_dataset(cfg.data, parts=cfg.read_parts)
+    n_rows, n_classes = ds.count(), num_classes(ds)
+    steps_per_epoch = max(1, n_rows // (cfg.batch_size * cfg.distributed.num_workers
+                                        * cfg.distributed.grad_accum))
+    print(f"train-fr: {n_rows} images, {n_classes} identities, {steps_per_epoch} steps/epoch, "
+          f"{cfg.distributed.num_workers} workers, ZeRO-{cfg.distributed.zero_stage}", flush=True)
+    result = run_trainer(
+        train_loop,
+        {"cfg": cfg.model_dump(mode="json"), "num_classes": n_classes,
+         "steps_per_epoch": steps_per_epoch},
+        cfg.distributed,
+        name=None,
+        datasets={"train": ds},
+    )
+    if result.error:
+        raise RuntimeError(f"train-fr failed: {result.error}")
+    records = read_metrics(storage.join(cfg.out, "metrics.jsonl"))
+    done = [r for r in records if r["event"] == "done"]
+    summary = {**(done[-1] if done else {}), "seconds": round(time.perf_counter() - t0, 1),
+               "backbone": storage.join(cfg.out, "backbone")}
+    print(f"train-fr: done in {summary['seconds']} s → {summary['backbone']}", flush=True)
+    return summary

@@ -1,0 +1,37 @@
+"""Config sections shared by the training jobs (no Ray import: the CLI reads these at once)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DistributedConfig(BaseModel):
+    """How a training run is spread: the only part that changes between this CPU and a GPU cluster.
+
+    On a 2-core machine each worker reserves half a CPU so Ray Data's read tasks still get one
+    (a pipeline whose workers reserve every CPU hangs without an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(0.5, gt=0)
+    zero_stage: int = Field(2, ge=0, le=3)
+    bf16: bool = False
+    grad_accum: int = Field(1, ge=1)
+    max_failures: int = Field(2, ge=-1, description="worker failures to recover from")
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1)
+    storage_path: str = Field("runs/ray_results", description="Ray Train storage (local or s3/gs)")
+    torch_threads: int | None = Field(None, description="intra-op threads per worker (CPU)")
+
+
+class AugmentConfig(BaseModel):
+    """The CemiFace FR recipe: flip, random resized crop 0.9–1, colour jitter, random erasing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flip: bool = True
+    crop_min_scale: float = Field(0.9, gt=0, le=1)
+    color_jitter: float = Field(0.2, ge=0, le=1)
+    erase_prob: float = Field(0.25, ge=0, le=1)
