@@ -26,23 +26,6 @@ class QuickstartConfig(JobConfig):
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
-def write_verification_bin(cfg: QuickstartConfig, url: str) -> int:
-    """A `.bin` of genuine and impostor pairs among the held-out (test) identities."""
-    from cemiray.data.images import encode_png
-    from cemiray.data.toyfaces import ToyFacesSplit, ToyFacesWorld, verification_pairs
-    from cemiray.data.verification_bin import write_bin
-
-    world = ToyFacesWorld(seed=cfg.world.seed, size=cfg.world.size, difficulty=cfg.world.difficulty)
-    split = ToyFacesSplit(num_train=cfg.train_identities, num_test=cfg.test_identities)
-    pairs = verification_pairs(list(split.test_ids()), cfg.samples_per_identity,
-                               cfg.verification_pairs, seed=cfg.world.seed)
-    ids = [i for a, b, _ in pairs for i in (a[0], b[0])]
-    samples = [s for a, b, _ in pairs for s in (a[1], b[1])]
-    images, _ = world.render_batch(ids, samples)
-    write_bin(url, [encode_png(im) for im in images], [same for _, _, same in pairs])
-    return len(pairs)
-
-
 def run(cfg: QuickstartConfig) -> dict:
     import numpy as np
 
@@ -69,8 +52,19 @@ def run(cfg: QuickstartConfig) -> dict:
             ray=cfg.ray,
         )
     )
-    bin_url = storage.join(cfg.out, "toyfaces_test.bin")
-    n_pairs = write_verification_bin(cfg, bin_url)
+    test = render(
+        RenderConfig(
+            out=storage.join(cfg.out, "toyfaces_test"),
+            world=cfg.world,
+            first_identity=cfg.train_identities,
+            num_identities=cfg.test_identities,
+            samples_per_identity=cfg.samples_per_identity,
+            formats=["bin"],
+            bin_pairs=cfg.verification_pairs,
+            ray=cfg.ray,
+        )
+    )
+    bin_url, n_pairs = test["bin"], test["bin_pairs"]
 
     parquet_rows = list(iter_rows(train["parquet"]))
     rec = RecordIODataset(train["recordio"])

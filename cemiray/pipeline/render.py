@@ -21,10 +21,11 @@ class RenderConfig(JobConfig):
     samples_per_identity: int = Field(10, ge=1)
     shard_identities: int = Field(50, ge=1, description="identities per Parquet shard")
     formats: list[str] = Field(default_factory=lambda: ["parquet"])
+    bin_pairs: int = Field(0, ge=0, description="pairs of a verification .bin among these identities")
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
-EXPORT_FORMATS = ("parquet", "recordio", "imagefolder")
+EXPORT_FORMATS = ("parquet", "recordio", "imagefolder", "bin")
 
 
 def shard_name(first: int, last: int) -> str:
@@ -71,17 +72,34 @@ def render_parquet(cfg: RenderConfig, folder_url: str) -> list[dict]:
     for start in range(first, first + n, step):
         stop = min(start + step, first + n)
         blocks.append(
-            dict(
-                url=storage.join(folder_url, shard_name(start, stop)),
-                first=start,
-                last=stop,
-                samples=cfg.samples_per_identity,
-                label_offset=first,
-                world=cfg.world.model_dump(),
-            )
+            {
+                "url": storage.join(folder_url, shard_name(start, stop)),
+                "first": start,
+                "last": stop,
+                "samples": cfg.samples_per_identity,
+                "label_offset": first,
+                "world": cfg.world.model_dump(),
+            }
         )
     task = ray.remote(num_cpus=1, max_retries=3)(_render_shard)
     return ray.get([task.remote(b) for b in blocks])
+
+
+def write_verification_bin(cfg: RenderConfig, url: str) -> int:
+    """A `.bin` of genuine and impostor pairs (half each) among the config's identities."""
+    from cemiray.data.images import encode_png
+    from cemiray.data.toyfaces import ToyFacesWorld, verification_pairs
+    from cemiray.data.verification_bin import write_bin
+
+    world = ToyFacesWorld(seed=cfg.world.seed, size=cfg.world.size, difficulty=cfg.world.difficulty)
+    identities = range(cfg.first_identity, cfg.first_identity + cfg.num_identities)
+    pairs = verification_pairs(list(identities), cfg.samples_per_identity, cfg.bin_pairs,
+                               seed=cfg.world.seed)
+    ids = [i for a, b, _ in pairs for i in (a[0], b[0])]
+    samples = [s for a, b, _ in pairs for s in (a[1], b[1])]
+    images, _ = world.render_batch(ids, samples)
+    write_bin(url, [encode_png(im) for im in images], [same for _, _, same in pairs])
+    return len(pairs)
 
 
 def run(cfg: RenderConfig) -> dict:
@@ -97,11 +115,15 @@ def run(cfg: RenderConfig) -> dict:
     t0 = time.perf_counter()
     storage.makedirs(cfg.out)
     cfg.save(cfg.out)
-    parquet_url = storage.join(cfg.out, "parquet")
-    shards = render_parquet(cfg, parquet_url)
-    summary = {"parquet": parquet_url, "shards": len(shards)}
+    summary: dict = {}
+    if cfg.bin_pairs:
+        summary["bin"] = storage.join(cfg.out, "verification.bin")
+        summary["bin_pairs"] = write_verification_bin(cfg, summary["bin"])
+    if set(cfg.formats) - {"bin"}:
+        summary["parquet"] = storage.join(cfg.out, "parquet")
+        summary["shards"] = len(render_parquet(cfg, summary["parquet"]))
     if "recordio" in cfg.formats or "imagefolder" in cfg.formats:
-        rows = list(iter_rows(parquet_url))
+        rows = list(iter_rows(summary["parquet"]))
         if "recordio" in cfg.formats:
             summary["recordio"] = storage.join(cfg.out, "recordio")
             write_recordio(summary["recordio"], rows, num_classes=cfg.num_identities,
