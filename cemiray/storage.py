@@ -4,6 +4,7 @@ rename, so a reader never sees half of a file."""
 
 from __future__ import annotations
 
+import os
 import posixpath
 import uuid
 from contextlib import contextmanager
@@ -29,6 +30,13 @@ def protocol_prefix(url: str) -> str:
     """The scheme part of a URL ('memory://', 's3://'), '' for a plain local path."""
     url = str(url)
     return url[: url.index("://") + 3] if "://" in url else ""
+
+
+def absolute(url: str | None) -> str | None:
+    """A relative local path made absolute (Ray workers run in other folders); URLs unchanged."""
+    if url is None or "://" in str(url):
+        return url
+    return os.path.abspath(os.path.expanduser(str(url)))
 
 
 def join(url: str, *parts: str) -> str:

@@ -245,4 +245,4 @@ def parse_source(uri: str) -> FaceSource:
         rest = DEFAULT_ORL_ROOT
     if not rest:
         raise SourceError(f"{uri!r}: {kind} needs a URL ('{kind}:<path or url>')")
-    return FaceSource(kind, rest, {})
+    return FaceSource(kind, storage.absolute(rest), {})

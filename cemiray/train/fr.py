@@ -202,10 +202,17 @@ def train_loop(config: dict) -> None:
 
 
 def run(cfg: TrainFRConfig) -> dict:
+    from cemiray.data.sources import parse_source
     from cemiray.pipeline.cluster import init_ray
     from cemiray.train.engine import read_metrics, run_trainer
     from cemiray.train.face_data import face_dataset, num_classes
 
+    cfg = cfg.model_copy(update={
+        "out": storage.absolute(cfg.out),
+        "verification": storage.absolute(cfg.verification),
+        "resume_from": storage.absolute(cfg.resume_from),
+        "data": str(parse_source(cfg.data)),
+    })
     init_ray(cfg.ray)
     storage.makedirs(cfg.out)
     cfg.save(cfg.out)
