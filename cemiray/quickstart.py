@@ -37,6 +37,7 @@ def run(cfg: QuickstartConfig) -> dict:
     from cemiray.pipeline.render import RenderConfig
     from cemiray.pipeline.render import run as render
 
+    cfg = cfg.model_copy(update={"out": storage.absolute(cfg.out)})
     t0 = time.perf_counter()
     init_ray(cfg.ray)
     storage.makedirs(cfg.out)

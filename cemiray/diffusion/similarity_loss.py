@@ -8,6 +8,14 @@
 At small t the prediction must keep the identity (s → 1); at large t, where x̂0 is mostly noise,
 it is pulled towards the requested similarity m. E_id is a frozen recogniser: gradients pass
 through it to x̂0 (hence to the UNet), never into its own weights.
+
+Pair-supervised training (cemiray.diffusion.pairing) denoises a target image x_t that differs
+from the inquiry image x_q; the identity-keeping part then uses s_t = cos(E_id(x_t), E_id(x̂0))
+and the m-part s_q = cos(E_id(x_q), E_id(x̂0)):
+
+    L_SimMat = (1 − γ_t)(1 − s_t)² + γ_t(m − s_q)²
+
+which is the paper's formula when x_t = x_q.
 """
 
 from __future__ import annotations
@@ -163,10 +171,14 @@ class SimilarityLoss:
         m: Tensor,
         target_embeddings: Tensor | None = None,
         step: int | None = None,
+        inquiry_embeddings: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Loss terms for a batch. `t` holds integer timesteps in [0, T); `m` the requested
         similarities; `target_embeddings` = E_id(x0) if already computed (else computed here,
-        without gradient). Returns total, mse, simmat, s_mean, lambda_sim (only total has grad)."""
+        without gradient); `inquiry_embeddings` = E_id(x_q) when the target x0 is not the inquiry
+        image (the m-part is then measured against it). Returns total, mse, simmat, s_mean
+        (mean s_t), lambda_sim, and s_inquiry_mean (mean s_q) when `inquiry_embeddings` is given;
+        only total has grad."""
         n = x0.shape[0]
         if model_output.shape != x0.shape or noise.shape != x0.shape or x_t.shape != x0.shape:
             raise ValueError(
@@ -193,21 +205,35 @@ class SimilarityLoss:
                 target_embeddings = self.identity_encoder(x0)
         predicted_embeddings = self.identity_encoder(x0_hat)
         s = F.cosine_similarity(predicted_embeddings.float(), target_embeddings.float(), dim=1)
+        s_q = s
+        if inquiry_embeddings is not None:
+            if inquiry_embeddings.shape != target_embeddings.shape:
+                raise ValueError(
+                    "SimilarityLoss: inquiry_embeddings must have the shape of the target "
+                    f"embeddings {tuple(target_embeddings.shape)}, got "
+                    f"{tuple(inquiry_embeddings.shape)}"
+                )
+            s_q = F.cosine_similarity(
+                predicted_embeddings.float(), inquiry_embeddings.to(s.device).float(), dim=1
+            )
 
         gamma = t.float() / self.num_train_timesteps
         m = m.to(s.device, torch.float32)
-        per_sample = (1 - gamma) * (1 - s) ** 2 + gamma * (m - s) ** 2
+        per_sample = (1 - gamma) * (1 - s) ** 2 + gamma * (m - s_q) ** 2
         window = (t >= self.simmat_min_t) & (t <= self.simmat_max_t)
         simmat = (per_sample * window.to(per_sample.dtype)).mean()
 
         lam = self.lambda_at(step)
-        return {
+        terms = {
             "total": mse + lam * simmat,
             "mse": mse.detach(),
             "simmat": simmat.detach(),
             "s_mean": s.detach().mean(),
             "lambda_sim": torch.tensor(lam),
         }
+        if inquiry_embeddings is not None:
+            terms["s_inquiry_mean"] = s_q.detach().mean()
+        return terms
 
 
 def training_step(
@@ -221,11 +247,15 @@ def training_step(
     generator: torch.Generator | None = None,
     variation: Tensor | None = None,
     step: int | None = None,
+    target_embeddings: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """One forward pass of CemiFace training; returns `loss_fn`'s dict (call backward on
-    "total"). `id_embeddings` must be E_id(batch_images): the target image is the inquiry image
-    itself, so C_id doubles as the reference embedding of s. t ~ U{0..T−1}, ε ~ N(0, I), both
-    drawn from `generator` (on its device, then moved to the images' device)."""
+    "total"). Paper mode (`target_embeddings` None): `id_embeddings` must be E_id(batch_images),
+    the target image is the inquiry image itself, so C_id doubles as the reference embedding of
+    s. Pair mode: `batch_images` are the targets x_t, `target_embeddings` = E_id(x_t) and
+    `id_embeddings` = E_id(x_q) of the inquiry images (the condition and the m-part's reference).
+    t ~ U{0..T−1}, ε ~ N(0, I), both drawn from `generator` (on its device, then moved to the
+    images' device)."""
     n = batch_images.shape[0]
     T = scheduler.config.num_train_timesteps
     if T != loss_fn.num_train_timesteps:
@@ -244,6 +274,18 @@ def training_step(
     prediction = unet(
         x_t, t, encoder_hidden_states=condition.tokens, class_labels=condition.pooled
     ).sample
+    if target_embeddings is None:
+        return loss_fn(
+            prediction, noise, batch_images, x_t, t, m, target_embeddings=id_embeddings, step=step
+        )
     return loss_fn(
-        prediction, noise, batch_images, x_t, t, m, target_embeddings=id_embeddings, step=step
+        prediction,
+        noise,
+        batch_images,
+        x_t,
+        t,
+        m,
+        target_embeddings=target_embeddings,
+        step=step,
+        inquiry_embeddings=id_embeddings,
     )

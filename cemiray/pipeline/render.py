@@ -111,6 +111,7 @@ def run(cfg: RenderConfig) -> dict:
     unknown = set(cfg.formats) - set(EXPORT_FORMATS)
     if unknown:
         raise ValueError(f"formats: unknown {sorted(unknown)}; choose from {EXPORT_FORMATS}")
+    cfg = cfg.model_copy(update={"out": storage.absolute(cfg.out)})
     init_ray(cfg.ray)
     t0 = time.perf_counter()
     storage.makedirs(cfg.out)
