@@ -29,6 +29,8 @@ JOBS: dict[str, Job] = {
     "quickstart": Job("cemiray.quickstart", "QuickstartConfig", "the main job on the embedded default"),
     "train-fr": Job("cemiray.train.fr", "TrainFRConfig",
                     "train an IResNet + margin head with Ray Train and DeepSpeed"),
+    "evaluate": Job("cemiray.eval.job", "EvaluateConfig",
+                    "verification (.bin) and score-distribution reports of a recogniser"),
     "render": Job("cemiray.pipeline.render", "RenderConfig", "render a ToyFaces split as a dataset"),
 }
 

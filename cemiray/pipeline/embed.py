@@ -136,9 +136,13 @@ def embed_dataset(ds, model_uri: str, batch_size: int = 256, num_actors: tuple[i
         num_gpus=1 if use_gpu else 0,
         batch_size=int(batch_size),
         batch_format="numpy",
-        fn_constructor_kwargs=dict(model_uri=str(model_uri), device="cuda" if use_gpu else "cpu",
-                                   flip=bool(flip), flip_column=flip_column,
-                                   keep_images=bool(keep_images)),
+        fn_constructor_kwargs={
+            "model_uri": str(model_uri),
+            "device": "cuda" if use_gpu else "cpu",
+            "flip": bool(flip),
+            "flip_column": flip_column,
+            "keep_images": bool(keep_images),
+        },
     )
 
 
