@@ -31,6 +31,10 @@ JOBS: dict[str, Job] = {
                     "train an IResNet + margin head with Ray Train and DeepSpeed"),
     "evaluate": Job("cemiray.eval.job", "EvaluateConfig",
                     "verification (.bin) and score-distribution reports of a recogniser"),
+    "bench-fr": Job("cemiray.train.fr_bench", "BenchFRConfig",
+                    "benchmark: Ray Train efficiency, ToyFaces calibration, ORL scores"),
+    "serve": Job("cemiray.serve.app", "ServeConfig",
+                 "Ray Serve: generation, embedding and verification over HTTP"),
     "render": Job("cemiray.pipeline.render", "RenderConfig", "render a ToyFaces split as a dataset"),
 }
 

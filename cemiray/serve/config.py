@@ -1,0 +1,116 @@
+"""The typed config of the `serve` job: which models to load (only ever from here, never from a
+request), how the deployments scale and batch, and the limits every request is held to."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cemiray.config import JobConfig, RayConfig
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+INGRESS, RECOGNIZER, GENERATOR = "Ingress", "Recognizer", "Generator"
+
+
+class ScalingConfig(BaseModel):
+    """Replica autoscaling of one deployment (Serve's `autoscaling_config`) and how many requests
+    one replica takes at once; for a batched model this caps the batch, so keep it at least
+    `max_batch_size`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    max_ongoing_requests: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas={self.min_replicas} > max_replicas={self.max_replicas}")
+        return self
+
+    def autoscaling(self) -> dict:
+        return {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+        }
+
+
+class ServeConfig(JobConfig):
+    """`cemiray serve`: HTTP endpoints for embedding, verification and generation."""
+
+    recognizer: str = Field(description="recogniser URL: cemiray model folder, .pth?arch=..., .onnx")
+    generator: str | None = Field(None, description="CemiFace pipeline folder; None: no /v1/generate")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    app_name: str = "cemiray"
+    route_prefix: str = "/"
+    block: bool = Field(True, description="run() waits until interrupted; False returns at once")
+    api_key_sha256: str | None = Field(
+        None, description="SHA-256 hex of the key clients send as X-API-Key (the key itself is "
+        "never stored); None: no key needed")
+
+    use_gpu: bool = False
+    num_gpus: float = Field(1.0, gt=0, description="GPUs per model replica when use_gpu")
+    num_cpus: float = Field(0.25, gt=0, description="CPUs per replica (ingress and models)")
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    ingress_scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    recognizer_scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    generator_scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+
+    verify_threshold: float = Field(0.3, ge=-1, le=1, description="same identity at cos >= this")
+    align_size: int = Field(112, description="crop size of landmark alignment (ArcFace template)")
+    default_steps: int = Field(20, ge=1)
+    max_steps: int = Field(50, ge=1)
+    max_tries: int = Field(8, ge=1, description="largest closed-loop max_tries a request may ask")
+    max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    max_images_per_request: int = Field(32, ge=1)
+    max_pixels_per_image: int = Field(2**22, ge=1)
+    max_image_steps: int = Field(
+        2048, ge=1, description="limit on images x steps x max_tries of one generate call")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeConfig:
+        if self.api_key_sha256 is not None and not SHA256_HEX.match(self.api_key_sha256):
+            raise ValueError("api_key_sha256 must be 64 lower-case hex digits (sha256 of the key)")
+        if self.default_steps > self.max_steps:
+            raise ValueError(f"default_steps={self.default_steps} > max_steps={self.max_steps}")
+        if self.align_size % 112 and self.align_size % 128:
+            raise ValueError(f"align_size={self.align_size}: must be a multiple of 112 or 128")
+        for name in ("recognizer_scaling", "generator_scaling"):
+            scaling = getattr(self, name)
+            if scaling.max_ongoing_requests < self.max_batch_size:
+                raise ValueError(
+                    f"{name}.max_ongoing_requests={scaling.max_ongoing_requests} < "
+                    f"max_batch_size={self.max_batch_size}: batches would be capped below it")
+        if not self.route_prefix.startswith("/"):
+            raise ValueError(f"route_prefix {self.route_prefix!r} must start with '/'")
+        return self
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.use_gpu else "cpu"
+
+    def deployment_options(self) -> dict[str, dict]:
+        """Serve options of each deployment, by name: used by build_app and written into the
+        Serve config file, so both always agree."""
+        model_actor = {"num_cpus": self.num_cpus}
+        if self.use_gpu:
+            model_actor["num_gpus"] = self.num_gpus
+        scaling = {INGRESS: self.ingress_scaling, RECOGNIZER: self.recognizer_scaling}
+        if self.generator:
+            scaling[GENERATOR] = self.generator_scaling
+        return {
+            name: {
+                "autoscaling_config": s.autoscaling(),
+                "max_ongoing_requests": s.max_ongoing_requests,
+                "ray_actor_options": {"num_cpus": self.num_cpus} if name == INGRESS
+                else dict(model_actor),
+            }
+            for name, s in scaling.items()
+        }

@@ -1,0 +1,105 @@
+"""Shared by the serve tests: tiny real models written to disk, and the application served on a
+free loopback port of the session's Ray cluster (shut down again when the module is done)."""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import functools
+import hashlib
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+API_KEY = "cemiray-test-key"
+EMBED_DIM = 32
+
+
+@dataclass(frozen=True)
+class Served:
+    base_url: str
+    recognizer_url: str
+    generator_url: str
+    cfg: object
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": API_KEY}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@functools.cache
+def write_tiny_models() -> tuple[str, str]:
+    """A random iresnet18 recogniser (32 px, 32-d) and a random `tiny` generator taking 32-d
+    identities, saved once per test session as a cemiray model folder and a pipeline folder."""
+    import torch
+
+    from cemiray.diffusion import (
+        CemiFacePipeline,
+        build_generator,
+        build_sample_scheduler,
+        save_pipeline,
+    )
+    from cemiray.models.iresnet import get_backbone
+    from cemiray.models.serialization import save_model_folder
+
+    folder = Path(tempfile.mkdtemp(prefix="cemiray-serve-models-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    torch.manual_seed(0)
+    recognizer_url, generator_url = str(folder / "recognizer"), str(folder / "generator")
+    model = get_backbone("iresnet18", input_size=32, num_features=EMBED_DIM)
+    save_model_folder(model, recognizer_url, model.config)
+    unet, encoder = build_generator("tiny", id_dim=EMBED_DIM)
+    pipe = CemiFacePipeline(unet=unet.eval(), condition_encoder=encoder.eval(),
+                            scheduler=build_sample_scheduler("tiny", id_dim=EMBED_DIM))
+    save_pipeline(pipe, generator_url)
+    return recognizer_url, generator_url
+
+
+@contextmanager
+def serving(**overrides) -> Iterator[Served]:
+    """Serve the tiny models with small limits; `serve.shutdown()` afterwards."""
+    from ray import serve
+
+    from cemiray.serve.app import ServeConfig, run
+
+    recognizer_url, generator_url = write_tiny_models()
+    settings = {
+        "recognizer": recognizer_url, "generator": generator_url, "port": free_port(),
+        "block": False, "api_key_sha256": hashlib.sha256(API_KEY.encode()).hexdigest(),
+        "max_batch_size": 8, "default_steps": 2, "max_steps": 8, "max_tries": 3,
+        "max_image_steps": 64, "max_images_per_request": 8, "max_pixels_per_image": 128 * 128,
+        "max_body_bytes": 2 * 2**20,
+    }
+    cfg = ServeConfig(**(settings | overrides))
+    try:
+        base_url = run(cfg)
+        yield Served(base_url, recognizer_url, generator_url, cfg)
+    finally:
+        serve.shutdown()
+
+
+def face_image(seed: int, size: int = 48) -> np.ndarray:
+    """A smooth random uint8 RGB image (upsampled blobs, so JPEG keeps it close)."""
+    from cemiray.data.images import resize
+
+    coarse = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return resize(coarse, size)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
