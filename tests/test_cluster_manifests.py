@@ -46,7 +46,7 @@ spec:
   serveConfigV2: |
     applications:
       - name: cemiray
-        import_path: cemiray.serve.app:app
+        import_path: cemiray.serve.app:app_builder
         route_prefix: /
   rayClusterConfig:
     rayVersion: "2.60.0"
