@@ -35,6 +35,8 @@ JOBS: dict[str, Job] = {
                     "benchmark: Ray Train efficiency, ToyFaces calibration, ORL scores"),
     "serve": Job("cemiray.serve.app", "ServeConfig",
                  "Ray Serve: generation, embedding and verification over HTTP"),
+    "generate": Job("cemiray.pipeline.generate", "GenerateConfig",
+                    "generate a synthetic face dataset as exactly-once Parquet shards"),
     "render": Job("cemiray.pipeline.render", "RenderConfig", "render a ToyFaces split as a dataset"),
 }
 

@@ -1,0 +1,197 @@
+"""Target-similarity schedules, per-image seeds and the shard plan: pure functions of the seed and
+the identity, validated at config time. No Ray."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from cemiray.config import ConfigError, load_config
+from cemiray.pipeline.generate import GenerateConfig
+from cemiray.pipeline.schedules import (
+    ConstantSchedule,
+    ListSchedule,
+    MixtureSchedule,
+    Schedule,
+    UniformSchedule,
+    VariationSchedule,
+    image_seeds,
+    schedule_shorthand,
+    uniform01,
+)
+from cemiray.pipeline.seed_table import SeedTable, random_identities
+from cemiray.pipeline.shard_plan import (
+    OutputConflictError,
+    ShardCollector,
+    ShardPlanError,
+    check_plan,
+    plan_fingerprint,
+    plan_shards,
+    work_items,
+    write_plan,
+)
+
+IDS = np.arange(1000, 1400)
+SAMPLES = np.arange(50)
+
+
+def grid():
+    ids, samples = np.meshgrid(IDS, SAMPLES, indexing="ij")
+    return ids.ravel(), samples.ravel()
+
+
+def parse(value) -> Schedule:
+    return TypeAdapter(Schedule).validate_python(schedule_shorthand(value))
+
+
+def test_values_are_pure_functions_of_seed_identity_and_sample():
+    ids, samples = grid()
+    for schedule in (parse(0.1), parse([0.0, 0.3, 0.6]), parse({"kind": "uniform", "low": -0.2,
+                                                                "high": 0.4}),
+                     parse({"kind": "mixture", "weights": {0.0: 3, 0.5: 1}})):
+        full = schedule.targets(7, ids, samples)
+        order = np.random.default_rng(0).permutation(len(ids))
+        assert np.array_equal(schedule.targets(7, ids[order], samples[order]), full[order])
+        assert np.array_equal(schedule.targets(7, ids[:5], samples[:5]), full[:5])
+    seeds = image_seeds(7, ids, samples)
+    assert np.array_equal(image_seeds(7, ids[::-1], samples[::-1]), seeds[::-1])
+    assert seeds.dtype == np.int64 and seeds.min() >= 0 and seeds.max() < 2**62
+    assert len(np.unique(seeds)) == len(seeds)
+    assert not np.array_equal(image_seeds(8, ids, samples), seeds)
+    assert image_seeds(7, [-5], [0])[0] >= 0  # negative seed ids hash too
+
+
+def test_each_schedule_gives_its_distribution():
+    ids, samples = grid()
+    assert np.all(parse(-0.25).targets(0, ids, samples) == -0.25)
+    listed = parse([0.0, 0.3, 0.6]).targets(0, ids, samples)
+    assert np.array_equal(listed, np.array([0.0, 0.3, 0.6])[samples % 3])
+    band = parse({"kind": "uniform", "low": -0.2, "high": 0.4}).targets(0, ids, samples)
+    assert band.min() >= -0.2 and band.max() < 0.4
+    assert abs(band.mean() - 0.1) < 0.01 and abs(band.std() - 0.6 / 12**0.5) < 0.01
+    mix = parse({"kind": "mixture", "weights": {0.0: 3, 0.5: 1}}).targets(0, ids, samples)
+    assert set(np.unique(mix)) == {0.0, 0.5}
+    assert abs((mix == 0.5).mean() - 0.25) < 0.015  # 20,000 draws: 4 standard deviations
+    u = uniform01(3, ids, samples, 1)
+    assert abs(u.mean() - 0.5) < 0.01 and u.min() >= 0 and u.max() < 1
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.03
+
+
+def test_shorthands_and_round_trip_through_json():
+    assert parse(0.2) == ConstantSchedule(m=0.2)
+    assert parse([0.1, 0.2]) == ListSchedule(values=[0.1, 0.2])
+    assert isinstance(parse({"kind": "uniform", "low": 0, "high": 0.1}), UniformSchedule)
+    cfg = GenerateConfig(seeds="s", generator="g", recognizer="r",
+                         schedule={"kind": "mixture", "weights": {0.0: 0.8, 0.3: 0.2}})
+    again = GenerateConfig.model_validate_json(cfg.to_json())
+    assert again.schedule == cfg.schedule and isinstance(again.schedule, MixtureSchedule)
+    assert again.schedule.describe() == "m mixture: 0 (80%), 0.3 (20%)"
+    loaded = load_config(GenerateConfig, None, ["seeds=s", "generator=g", "recognizer=r",
+                                                "schedule=[0.0, 0.5]"])
+    assert loaded.schedule == ListSchedule(values=[0.0, 0.5])
+
+
+@pytest.mark.parametrize("schedule", [
+    1.5, float("nan"), [0.0, 2.0], {"kind": "constant", "m": -1.01},
+    {"kind": "uniform", "low": -1.5, "high": 0.0}, {"kind": "uniform", "low": 0.0,
+                                                    "high": float("inf")},
+    {"kind": "mixture", "weights": {1.2: 1.0}},
+])
+def test_m_outside_minus_one_one_or_nan_is_a_config_error(schedule):
+    with pytest.raises(ValidationError, match=r"m must be a finite number in \[-1, 1\]"):
+        GenerateConfig(seeds="s", generator="g", recognizer="r", schedule=schedule)
+
+
+def test_other_schedule_mistakes_are_config_errors():
+    bad = [
+        ({"kind": "uniform", "low": 0.5, "high": 0.1}, "low 0.5 > high 0.1"),
+        ({"kind": "mixture", "weights": {0.0: 0.0}}, "weight must be finite and > 0"),
+        ({"kind": "list", "values": []}, "at least 1 item"),
+        ({"kind": "ramp"}, "does not match any of the expected tags"),
+    ]
+    for schedule, message in bad:
+        with pytest.raises(ValidationError, match=message):
+            GenerateConfig(seeds="s", generator="g", recognizer="r", schedule=schedule)
+    with pytest.raises(ConfigError, match="schedule.uniform.high"):
+        load_config(GenerateConfig, None, ["seeds=s", "generator=g", "recognizer=r",
+                                           "schedule.kind=uniform", "schedule.low=0"])
+    with pytest.raises(ValidationError, match="cannot be combined"):
+        GenerateConfig(seeds="s", generator="g", recognizer="r", closed_loop={},
+                       variation={"low": [0.0], "high": [1.0]})
+
+
+def test_variation_values_lie_in_their_bands():
+    ids, samples = grid()
+    var = VariationSchedule(low=[-1.0, 0.0], high=[1.0, 0.5]).values(1, ids, samples)
+    assert var.shape == (len(ids), 2) and var.dtype == np.float32
+    assert var[:, 0].min() >= -1 and var[:, 0].max() <= 1
+    assert var[:, 1].min() >= 0 and var[:, 1].max() <= 0.5
+    assert abs(np.corrcoef(var[:, 0], var[:, 1])[0, 1]) < 0.03
+    with pytest.raises(ValidationError, match="1 low bounds but 2 high"):
+        VariationSchedule(low=[0.0], high=[1.0, 1.0])
+
+
+def _table(n: int) -> SeedTable:
+    return SeedTable(url="mem", sha256="x", seed_ids=np.arange(n) * 10,
+                     embeddings=random_identities(n, 8), sources=["random"] * n)
+
+
+def test_plan_covers_every_image_once_in_fixed_chunks():
+    shards = plan_shards(11, 4)
+    assert [(s.first, s.last) for s in shards] == [(0, 4), (4, 8), (8, 11)]
+    assert shards[2].name == "shard-00000008-00000011.parquet"
+    table, schedule = _table(11), parse([0.0, 0.5])
+    seen = []
+    for shard in shards:
+        items = work_items(shard, table, 3, schedule, 0, chunk_identities=2)
+        again = work_items(shard, table, 3, schedule, 0, chunk_identities=2)
+        for a, b in zip(items, again, strict=True):
+            assert all(np.array_equal(a[k], b[k]) for k in a)
+        assert [len(i["labels"]) for i in items] == [2] * (shard.num_identities // 2) + (
+            [1] if shard.num_identities % 2 else [])
+        for item in items:
+            assert np.array_equal(item["embeddings"], table.embeddings[item["labels"]])
+            labels = item["labels"][item["image_identity"]]
+            seen += list(zip(labels.tolist(), item["samples"].tolist(), strict=True))
+            ids = table.seed_ids[labels]
+            assert np.array_equal(item["seeds"], image_seeds(0, ids, item["samples"]))
+            assert np.array_equal(item["targets"], np.where(item["samples"] % 2, 0.5, 0.0))
+    assert sorted(seen) == [(label, s) for label in range(11) for s in range(3)]
+
+
+def test_collector_hands_each_shard_over_once_and_drops_repeats():
+    shards = plan_shards(4, 2)
+    collector = ShardCollector(shards, samples_per_identity=2)
+    rows = [{"shard": label // 2, "label": label, "sample": s} for label in range(4)
+            for s in range(2)]
+    completed = []
+    for row in [rows[0], rows[1], rows[0], rows[4], rows[2], rows[3]]:
+        spec = collector.add(dict(row))
+        if spec is not None:
+            completed.append([(r["label"], r["sample"]) for r in collector.pop(spec)])
+    assert completed == [[(0, 0), (0, 1), (1, 0), (1, 1)]]
+    assert collector.duplicates == 1 and collector.peak_buffered == 5
+    assert collector.add(dict(rows[3])) is None and collector.duplicates == 2
+    assert collector.missing() == {"shard-00000002-00000004.parquet": 3}
+    with pytest.raises(ShardPlanError, match="does not belong to shard"):
+        collector.add({"shard": 1, "label": 0, "sample": 0})
+    with pytest.raises(ShardPlanError, match="not pending"):
+        collector.add({"shard": 7, "label": 0, "sample": 0})
+
+
+def test_plan_check_ignores_execution_fields_and_refuses_real_changes(tmp_path):
+    base = json.loads(GenerateConfig(seeds="s", generator="g", recognizer="r").to_json())
+    lineage = {"seeds": "a", "generator": "b", "recognizer": "c", "judge": None}
+    out, parquet = str(tmp_path / "out"), str(tmp_path / "out" / "parquet")
+    assert not check_plan(out, parquet, plan_fingerprint(base, lineage))
+    write_plan(out, plan_fingerprint(base, lineage))
+    moved = {**base, "out": "elsewhere", "seeds": "moved.parquet", "images_per_call": 8,
+             "distributed": {**base["distributed"], "num_workers": 64, "use_gpu": True}}
+    assert check_plan(out, parquet, plan_fingerprint(moved, lineage))
+    with pytest.raises(OutputConflictError, match="config.samples_per_identity: 50 there, 10"):
+        check_plan(out, parquet, plan_fingerprint({**base, "samples_per_identity": 10}, lineage))
+    with pytest.raises(OutputConflictError, match="lineage.seeds: 'a' there, 'z' now"):
+        check_plan(out, parquet, plan_fingerprint(base, {**lineage, "seeds": "z"}))
