@@ -98,16 +98,24 @@ def submit(address: str, env: dict, entrypoint: list[str], timeout: int = 400):
 
 
 @pytest.mark.ray
-def test_submitted_job_succeeds_and_writes_its_outputs(ray_head, tmp_path):
+def test_submitted_generate_job_succeeds_and_writes_its_shards(ray_head, tmp_path):
+    from test_generate import GEN_16, make_inputs
+
+    from cemiray.data.parquet_shards import iter_rows
+
     address, env = ray_head
-    out = tmp_path / "submitted"
+    inputs = make_inputs(tmp_path, 4, GEN_16)
+    out = tmp_path / "generated"
     status, logs = submit(address, env, [
-        "python", "jobs/quickstart.py", f"out={out}", "train_identities=6", "test_identities=4",
-        "samples_per_identity=3", "verification_pairs=8", "shard_identities=3",
+        "python", "jobs/generate.py", f"out={out}", f"seeds={inputs['seeds']}",
+        f"generator={inputs['generator']}", f"recognizer={inputs['recognizer']}",
+        "samples_per_identity=2", "identities_per_shard=2", "steps=2", "images_per_call=4",
+        "distributed.num_workers=1",
     ])
     assert "' succeeded" in status, f"{status}\n{logs[-3000:]}"
-    assert "quickstart summary" in logs
-    shards = sorted((out / "toyfaces_train" / "parquet").glob("shard-*.parquet"))
-    assert [s.name for s in shards] == ["shard-00000000-00000003.parquet",
-                                        "shard-00000003-00000006.parquet"]
-    assert (out / "toyfaces_test" / "verification.bin").is_file()
+    shards = sorted(p.name for p in (out / "parquet").glob("shard-*.parquet"))
+    assert len(shards) == 2, shards
+    rows = list(iter_rows(str(out / "parquet")))
+    assert sorted((r["seed_id"], r["sample"]) for r in rows) == [
+        (1000 + 3 * i, s) for i in range(4) for s in range(2)]
+    assert (out / "manifest.json").is_file()
