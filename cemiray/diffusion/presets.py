@@ -28,6 +28,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from cemiray.diffusion.condition_encoder import CemiConditionEncoder
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+PAIRINGS = ("self", "identity")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class GeneratorPreset:
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
     prediction_type: str = "epsilon"
+    pairing: str = "self"
     extra_unet_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,6 +82,10 @@ class GeneratorPreset:
             raise ValueError(
                 f"preset {self.name}: prediction_type must be one of {PREDICTION_TYPES}, "
                 f"got {self.prediction_type!r}"
+            )
+        if self.pairing not in PAIRINGS:
+            raise ValueError(
+                f"preset {self.name}: pairing must be one of {PAIRINGS}, got {self.pairing!r}"
             )
         if self.image_size < 2 ** (levels - 1):
             raise ValueError(
@@ -146,6 +152,7 @@ PRESETS: dict[str, GeneratorPreset] = {
     "paper": GeneratorPreset(name="paper", image_size=112),
     "small": GeneratorPreset(
         name="small",
+        pairing="identity",
         image_size=64,
         block_out_channels=(32, 64, 128, 128),
         attention_levels=(3,),
@@ -158,6 +165,7 @@ PRESETS: dict[str, GeneratorPreset] = {
     ),
     "tiny": GeneratorPreset(
         name="tiny",
+        pairing="identity",
         image_size=32,
         block_out_channels=(32, 64, 64),
         attention_levels=(2,),

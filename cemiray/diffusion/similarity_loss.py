@@ -203,7 +203,10 @@ class SimilarityLoss:
         if target_embeddings is None:
             with torch.no_grad():
                 target_embeddings = self.identity_encoder(x0)
-        predicted_embeddings = self.identity_encoder(x0_hat)
+        lam = self.lambda_at(step)
+        # With λ = 0 the term is only logged: no graph through E_id, no backward cost.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and lam > 0):
+            predicted_embeddings = self.identity_encoder(x0_hat)
         s = F.cosine_similarity(predicted_embeddings.float(), target_embeddings.float(), dim=1)
         s_q = s
         if inquiry_embeddings is not None:
@@ -223,9 +226,8 @@ class SimilarityLoss:
         window = (t >= self.simmat_min_t) & (t <= self.simmat_max_t)
         simmat = (per_sample * window.to(per_sample.dtype)).mean()
 
-        lam = self.lambda_at(step)
         terms = {
-            "total": mse + lam * simmat,
+            "total": mse + lam * simmat if lam > 0 else mse,
             "mse": mse.detach(),
             "simmat": simmat.detach(),
             "s_mean": s.detach().mean(),
