@@ -113,7 +113,8 @@ def test_embed_multipart_equals_json(served):
     body = {"images": [{"data": b64(PNG1)}, {"data": b64(JPEG2)},
                        {"data": b64(PNG3), "landmarks": LANDMARKS}]}
     as_json = ok_json(post(served, "/v1/embed", json=body))
-    np.testing.assert_array_equal(multipart["embeddings"], as_json["embeddings"])
+    # the two requests may be batched differently by @serve.batch: CPU kernels round by batch size
+    np.testing.assert_allclose(multipart["embeddings"], as_json["embeddings"], atol=1e-5)
 
 
 def test_verify_scores_and_decides(served, local):
