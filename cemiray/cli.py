@@ -37,6 +37,12 @@ JOBS: dict[str, Job] = {
                  "Ray Serve: generation, embedding and verification over HTTP"),
     "generate": Job("cemiray.pipeline.generate", "GenerateConfig",
                     "generate a synthetic face dataset as exactly-once Parquet shards"),
+    "bench-unet": Job("cemiray.perf.unet_flops", "BenchUNetConfig",
+                      "benchmark: UNet FLOP/s against the measured GEMM peak, per preset"),
+    "bench-generate": Job("cemiray.perf.bench_generate", "BenchGenerateConfig",
+                          "benchmark: Ray Data generation against a bare sampler loop"),
+    "bench-serve": Job("cemiray.perf.bench_serve", "BenchServeConfig",
+                       "benchmark: HTTP embedding throughput and latency against in-process"),
     "render": Job("cemiray.pipeline.render", "RenderConfig", "render a ToyFaces split as a dataset"),
 }
 
