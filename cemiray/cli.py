@@ -43,6 +43,12 @@ JOBS: dict[str, Job] = {
                           "benchmark: Ray Data generation against a bare sampler loop"),
     "bench-serve": Job("cemiray.perf.bench_serve", "BenchServeConfig",
                        "benchmark: HTTP embedding throughput and latency against in-process"),
+    "train-gen": Job("cemiray.train.gen", "TrainGenConfig",
+                     "train the CemiFace generator with Ray Train and DeepSpeed"),
+    "train-uncond": Job("cemiray.train.uncond", "TrainUncondConfig",
+                        "train the unconditional face generator that makes identity seeds"),
+    "seeds": Job("cemiray.pipeline.seeds", "SeedsConfig",
+                 "identity seeds: sources, uniqueness/leakage/quality filters, attribute quotas"),
     "render": Job("cemiray.pipeline.render", "RenderConfig", "render a ToyFaces split as a dataset"),
 }
 

@@ -1,0 +1,358 @@
+"""`cemiray train-gen`: the CemiFace generator (UNet + condition encoder) trained with Ray Train
+and DeepSpeed, conditioned on a frozen recogniser's identity embedding and a similarity m.
+
+Each worker reads its share of the data once into a `PairBank` (uint8 images + E_id embeddings,
+see cemiray.diffusion.pairing for the memory cost) and draws its examples from it with a seeded
+generator: `pairing="self"` is the paper (target = inquiry, m uniform on the grid), `"identity"`
+pair-supervised conditioning. E_id stays frozen on the worker's device, outside the DeepSpeed
+engine; gradients flow through it into x̂0 only. Weights are averaged (EMA) on every rank, the
+average travels in the checkpoints and is what gets exported: a diffusers-style pipeline folder
+(`unet/`, `condition_encoder/`, `scheduler/`, model_index.json) at `out/generator`.
+
+Runs continue across jobs: `out/checkpoint.json` names the last checkpoint, which a later run
+takes as `resume_from` (weights, optimizer, EMA, step); `init_from` starts from the weights of a
+generator folder instead. `max_minutes` ends a run cleanly (checkpoint + export) at a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from cemiray import storage
+from cemiray.config import JobConfig, RayConfig
+from cemiray.train.settings import DistributedConfig
+
+
+class TrainGenConfig(JobConfig):
+    out: str = "runs/train_gen"
+    data: str = Field("toyfaces:?seed=0&ids=0-499&samples=20&size=32",
+                      description="face source URI with identity labels")
+    recognizer: str = Field(..., description="frozen E_id: cemiray folder, .pth?arch=…, .onnx "
+                                             "is refused (not differentiable)")
+    preset: str = "tiny"
+    preset_overrides: dict[str, Any] = Field(default_factory=dict,
+                                             description="GeneratorPreset fields to replace")
+    pairing: Literal["self", "identity"] | None = Field(
+        None, description="self (paper) | identity (pair-supervised); None: the preset's")
+    lambda_sim: float = Field(0.05, ge=0)
+    m_step: float = Field(0.04, gt=0, le=2)
+    m_range: tuple[float, float] = (-0.2, 1.0)
+    m_bins: int = Field(12, ge=1)
+    self_fraction: float = Field(0.25, ge=0, le=1, description="share of x_t = x_q examples")
+    genuine_per_image: int = Field(32, ge=0)
+    impostors_per_image: int = Field(16, ge=0)
+    min_bin_pairs: int = Field(64, ge=1, description="bins with fewer pairs are drawn less often")
+    simmat_min_t: int = Field(0, ge=0)
+    simmat_max_t: int | None = Field(None, ge=0)
+    simmat_warmup_steps: int = Field(0, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    batch_size: int = Field(32, ge=1, description="micro-batch per worker")
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop at this optimizer step "
+                                                          "(counted across resumed runs)")
+    max_minutes: float | None = Field(None, gt=0, description="stop (checkpoint + export) this "
+                                                              "long after the job started")
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    log_every: int = Field(10, ge=1)
+    read_parts: int = Field(4, ge=1)
+    resume_from: str | None = Field(None, description="a train-gen checkpoint (see "
+                                                      "out/checkpoint.json)")
+    init_from: str | None = Field(None, description="a generator folder to start from")
+    seed: int = 0
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("m_range")
+    @classmethod
+    def _check_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not -1.0 <= value[0] < value[1] <= 1.0:
+            raise ValueError(f"m_range must satisfy -1 <= low < high <= 1, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainGenConfig:
+        if self.distributed.zero_stage > 2:
+            raise ValueError("train-gen keeps a full EMA copy on every rank: use ZeRO stage 0-2 "
+                             "(the generator's parameters fit one device)")
+        if self.resume_from and self.init_from:
+            raise ValueError("give resume_from or init_from, not both")
+        return self
+
+    def resolved_preset(self):
+        from cemiray.diffusion.presets import resolve_preset
+
+        return resolve_preset(self.preset, **self.preset_overrides)
+
+    def resolved_pairing(self) -> str:
+        return self.pairing or self.resolved_preset().pairing
+
+
+def build_train_module(unet, encoder, noise_scheduler, loss_fn):
+    """The one nn.Module handed to DeepSpeed: UNet + condition encoder are its parameters; the
+    noise schedule and the loss (holding E_id) are plain attributes, outside the engine."""
+    import torch
+
+    from cemiray.diffusion.similarity_loss import training_step
+
+    class GeneratorTrainModule(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet, self.condition_encoder = unet, encoder
+            self.noise_scheduler, self.loss_fn = noise_scheduler, loss_fn
+
+        def forward(self, x_t, inquiry_emb, target_emb, m, generator=None, step=None):
+            return training_step(self.unet, self.condition_encoder, self.noise_scheduler, x_t,
+                                 inquiry_emb, m, self.loss_fn, generator=generator, step=step,
+                                 target_embeddings=target_emb)
+
+    return GeneratorTrainModule()
+
+
+class EmaWeights:
+    """A float32 shadow of a module's parameters: decay min(ema_decay, (1+k)/(10+k)) at update k,
+    so short runs are not dominated by the initial weights."""
+
+    def __init__(self, module, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in module.named_parameters()}
+
+    def update(self, module, step: int) -> None:
+        import torch
+
+        d = min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                self.shadow[name].mul_(d).add_(p.detach().float(), alpha=1 - d)
+
+    def state_dict(self) -> dict:
+        return {n: t.detach().cpu().clone() for n, t in self.shadow.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = sorted(set(self.shadow) - set(state))
+        if missing:
+            raise ValueError(f"EMA state lacks {len(missing)} parameters, e.g. {missing[0]}")
+        for name, t in self.shadow.items():
+            t.copy_(state[name].to(t.device, t.dtype))
+
+    def copy_to(self, module) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                p.copy_(self.shadow[name].to(p.device, p.dtype))
+
+
+def load_generator_weights(module, url: str) -> None:
+    """Weights of a generator folder into the train module (its architecture must match)."""
+    from cemiray.diffusion.pipeline import load_pipeline
+
+    pipe = load_pipeline(url)
+    for name, source in (("unet", pipe.unet), ("condition_encoder", pipe.condition_encoder)):
+        try:
+            getattr(module, name).load_state_dict(source.state_dict(), strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"init_from {url}: {name} does not fit the preset ({exc})") from exc
+
+
+def export_generator(module, ema: EmaWeights, cfg: TrainGenConfig, meta: dict) -> str:
+    """The EMA weights as a pipeline folder at out/generator (+ training.json beside them)."""
+    import torch
+
+    from cemiray.diffusion.pipeline import CemiFacePipeline, save_pipeline
+    from cemiray.diffusion.presets import build_generator, build_sample_scheduler
+
+    preset = cfg.resolved_preset()
+    holder = torch.nn.Module()
+    holder.unet, holder.condition_encoder = build_generator(preset)
+    holder.load_state_dict({k: v.detach().float().cpu() for k, v in module.state_dict().items()})
+    ema.copy_to(holder)
+    pipe = CemiFacePipeline(unet=holder.unet.eval(), condition_encoder=holder.condition_encoder.eval(),
+                            scheduler=build_sample_scheduler(preset))
+    url = storage.join(cfg.out, "generator")
+    save_pipeline(pipe, url)
+    storage.atomic_write_text(storage.join(url, "training.json"),
+                              json.dumps({**meta, "ema_decay": cfg.ema_decay}, indent=2) + "\n")
+    return url
+
+
+def read_shard(shard, size: int):
+    """Every row of this worker's data shard as (uint8 N×S×S×3 images, int64 labels)."""
+    import numpy as np
+
+    from cemiray.data.images import decode_image, resize
+
+    images, labels = [], []
+    for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
+        for i, data in enumerate(batch["image"]):
+            arr = decode_image(bytes(data), where=f"train-gen row {len(images)}")
+            images.append(resize(arr, size) if arr.shape[:2] != (size, size) else arr)
+        labels.extend(int(v) for v in batch["label"])
+    if not images:
+        raise ValueError("train-gen: this worker's data shard is empty; add data or workers")
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def stop_now(deadline: float | None, device) -> bool:
+    """Rank 0's clock decides for every rank (they must stop at the same step)."""
+    import torch
+    import torch.distributed as dist
+
+    if deadline is None:
+        return False
+    flag = torch.tensor([float(time.time() >= deadline)], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def train_loop(config: dict) -> None:
+    """Runs in every Ray Train worker."""
+    import ray.train
+    import torch
+
+    from cemiray.diffusion.pairing import PairSampler, build_pair_bank
+    from cemiray.diffusion.presets import build_generator, build_train_scheduler
+    from cemiray.diffusion.similarity_loss import SimilarityLoss
+    from cemiray.models.recognizer import load_recognizer
+    from cemiray.train import engine as eng
+
+    cfg = TrainGenConfig.model_validate(config["cfg"])
+    preset = cfg.resolved_preset()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = eng.worker_device(cfg.distributed)
+    total_steps = cfg.max_steps or cfg.epochs * config["steps_per_epoch"]
+
+    recognizer = load_recognizer(cfg.recognizer, device=device)
+    images, labels = read_shard(ray.train.get_dataset_shard("train"), preset.image_size)
+    bank = build_pair_bank(images, labels, recognizer, device=device)
+    del images
+    sampler = PairSampler(
+        bank, cfg.resolved_pairing(), m_step=cfg.m_step, m_range=cfg.m_range,
+        num_bins=cfg.m_bins, self_fraction=cfg.self_fraction,
+        genuine_per_image=cfg.genuine_per_image, impostors_per_image=cfg.impostors_per_image,
+        min_bin_pairs=cfg.min_bin_pairs, seed=cfg.seed * 1000 + rank,
+    )
+
+    torch.manual_seed(cfg.seed)
+    unet, encoder = build_generator(preset)
+    noise_scheduler = build_train_scheduler(preset)
+    loss_fn = SimilarityLoss.from_scheduler(
+        recognizer, noise_scheduler, lambda_sim=cfg.lambda_sim, simmat_min_t=cfg.simmat_min_t,
+        simmat_max_t=cfg.simmat_max_t, simmat_warmup_steps=cfg.simmat_warmup_steps,
+    )
+    model = build_train_module(unet, encoder, noise_scheduler, loss_fn)
+    if cfg.init_from:
+        load_generator_weights(model, cfg.init_from)
+    model = model.to(device)
+    ema = EmaWeights(model, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = cfg.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    engine, _, _ = eng.initialize(model, optimizer, cfg.distributed, cfg.batch_size, scheduler,
+                                  grad_clip=cfg.grad_clip)
+    state = eng.restore(engine, cfg.resume_from) or {}
+    if "ema" in state:
+        ema.load_state_dict(state["ema"])
+    step, images_seen = int(state.get("step", 0)), int(state.get("images_seen", 0))
+    eng.record_worker(cfg.out, rank)
+    log = eng.MetricsLog(storage.join(cfg.out, "metrics.jsonl"), enabled=rank == 0)
+    if rank == 0:
+        bank_info = {"rows": len(bank), "bank_mb": round(bank.nbytes / 2**20, 1)}
+        if sampler.table is not None:
+            bank_info.update(pairs=len(sampler.table), bin_counts=sampler.bin_counts.tolist())
+        log.write({"event": "start", "step": step, "resumed": bool(state), "world_size": world,
+                   "total_steps": total_steps, "pairing": cfg.resolved_pairing(),
+                   "init_from": cfg.init_from, **bank_info})
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7919 * step)
+    dtype = torch.bfloat16 if cfg.distributed.bf16 else torch.float32
+    per_step = cfg.batch_size * cfg.distributed.grad_accum * world
+
+    t_window, n_window, sums = time.perf_counter(), 0, {}
+    metrics: dict = {"step": step, "images_seen": images_seen}
+    stopped = False
+    while step < total_steps and not stopped:
+        index = sampler.sample(cfg.batch_size, gen)
+        x_t, e_q, e_t, m = sampler.batch(index, device)
+        terms = engine(x_t.to(dtype), e_q, e_t, m, generator=gen, step=step)
+        engine.backward(terms["total"])
+        engine.step()
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach().float())
+        n_window += 1
+        if not engine.is_gradient_accumulation_boundary():
+            continue
+        step += 1
+        images_seen += per_step
+        ema.update(model, step)
+        stopped = stop_now(config.get("deadline"), device)
+        metrics = {"step": step, "images_seen": images_seen, "lr": scheduler.get_last_lr()[0]}
+        if step % cfg.log_every == 0 or step == total_steps or stopped:
+            elapsed = time.perf_counter() - t_window
+            metrics.update({k: v / n_window for k, v in sums.items()})
+            metrics["img_per_s"] = n_window * cfg.batch_size * world / max(elapsed, 1e-9)
+            t_window, n_window, sums = time.perf_counter(), 0, {}
+            log.write({"event": "train", **metrics})
+        if step % cfg.distributed.checkpoint_every == 0 or step == total_steps or stopped:
+            eng.save_and_report(engine, metrics, {"step": step, "images_seen": images_seen,
+                                                  "ema": ema.state_dict()})
+    if rank == 0:
+        url = export_generator(model, ema, cfg, {"step": step, "images_seen": images_seen})
+        log.write({"event": "done", **metrics, "generator": url, "deadline_hit": stopped})
+
+
+def run(cfg: TrainGenConfig) -> dict:
+    from cemiray.models.recognizer import load_recognizer
+    from cemiray.pipeline.cluster import init_ray
+    from cemiray.train.engine import read_metrics, run_trainer
+    from cemiray.train.face_data import face_dataset, num_classes
+
+    t0, started = time.perf_counter(), time.time()
+    preset = cfg.resolved_preset()
+    recognizer = load_recognizer(cfg.recognizer)
+    if recognizer.dim != preset.id_dim:
+        raise ValueError(f"recognizer {cfg.recognizer} embeds to {recognizer.dim} dimensions but "
+                         f"preset {preset.name} takes id_dim={preset.id_dim}; set "
+                         f"preset_overrides.id_dim")
+    init_ray(cfg.ray)
+    storage.makedirs(cfg.out)
+    cfg.save(cfg.out)
+    ds = face_dataset(cfg.data, parts=cfg.read_parts)
+    n_rows, n_classes = ds.count(), num_classes(ds)
+    if cfg.resolved_pairing() == "identity" and n_classes < 2:
+        raise ValueError(f"train-gen: pairing 'identity' needs >= 2 identities in {cfg.data}")
+    dist = cfg.distributed
+    steps_per_epoch = max(1, n_rows // (cfg.batch_size * dist.num_workers * dist.grad_accum))
+    print(f"train-gen: {n_rows} images, {n_classes} identities, {steps_per_epoch} steps/epoch, "
+          f"preset {preset.name}, pairing {cfg.resolved_pairing()}, {dist.num_workers} workers, "
+          f"ZeRO-{dist.zero_stage}", flush=True)
+    deadline = started + 60 * cfg.max_minutes if cfg.max_minutes else None
+    result = run_trainer(
+        train_loop,
+        {"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch,
+         "deadline": deadline},
+        dist,
+        name=None,
+        datasets={"train": ds},
+    )
+    if result.error:
+        raise RuntimeError(f"train-gen failed: {result.error}")
+    records = read_metrics(storage.join(cfg.out, "metrics.jsonl"))
+    done = [r for r in records if r["event"] == "done"]
+    summary = {**(done[-1] if done else {}), "seconds": round(time.perf_counter() - t0, 1),
+               "generator": storage.join(cfg.out, "generator")}
+    if result.checkpoint is not None:
+        summary["checkpoint"] = result.checkpoint.path
+        storage.atomic_write_text(
+            storage.join(cfg.out, "checkpoint.json"),
+            json.dumps({"path": result.checkpoint.path, "step": summary.get("step")}) + "\n")
+    print(f"train-gen: done in {summary['seconds']} s → {summary['generator']}", flush=True)
+    return summary
