@@ -51,7 +51,8 @@ def spread_bank(identities: int = 40, per_identity: int = 10, dim: int = 8) -> P
     centres = F.normalize(torch.randn(identities, dim, generator=g), dim=1)
     labels = torch.arange(identities).repeat_interleave(per_identity)
     sigma = torch.rand(len(labels), 1, generator=g) * 1.5
-    emb = F.normalize(centres[labels] + sigma * torch.randn(len(labels), dim, generator=g) / 3, dim=1)
+    noise = torch.randn(len(labels), dim, generator=g) / 3
+    emb = F.normalize(centres[labels] + sigma * noise, dim=1)
     images = torch.randint(0, 256, (len(labels), 3, 4, 4), dtype=torch.uint8, generator=g)
     return PairBank(images=images, labels=labels, embeddings=emb)
 

@@ -16,7 +16,7 @@ import torch
 
 from cemiray import storage
 from cemiray.diffusion import load_pipeline
-from cemiray.eval.control import control_report, one_step_control, save_grid_png
+from cemiray.eval.control import control_report, save_grid_png
 from cemiray.models import get_backbone
 from cemiray.models.recognizer import load_recognizer
 from cemiray.models.serialization import save_model_folder
@@ -141,8 +141,6 @@ def test_train_gen_two_workers_survives_a_killed_worker_and_continues(ray_cluste
     assert set(metrics["samplers"]) == {"ddim-2", "dpmsolver++-2"}
     assert -1 <= metrics["spearman"] <= 1 and metrics["closed_loop"]["mean_tries"] >= 1
     assert report.images.shape == (2, 3, 16, 16, 3) and report.achieved.shape == (2, 3, 1)
-    one = one_step_control(pipe, load_recognizer(recognizer), ids, targets=(0.0, 1.0))
-    assert [r["target"] for r in one["per_target"]] == [0.0, 1.0] and -1 <= one["spearman"] <= 1
     save_grid_png(report.images, str(tmp_path / "grid.png"))
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -68,7 +68,8 @@ class PairBank:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.images, self.labels, self.embeddings))
+        parts = (self.images, self.labels, self.embeddings)
+        return sum(t.numel() * t.element_size() for t in parts)
 
     def pixels(self, index: Tensor, device: torch.device | str = "cpu") -> Tensor:
         """Images `index` as float N×3×H×W in [−1, 1] ((x/255 − 0.5)/0.5) on `device`."""

@@ -137,51 +137,6 @@ def control_report(
     return ControlReport(metrics=metrics, images=first, achieved=grid)
 
 
-def one_step_control(
-    pipe: CemiFacePipeline,
-    recognizer,
-    inquiry: np.ndarray | Tensor,
-    targets: Sequence[float] = DEFAULT_TARGETS,
-    seed: int = 0,
-) -> dict:
-    """A cheap diagnostic: the clipped x̂0 predicted in one step from pure noise at t = T−1 is the
-    model's conditional mean for (identity, m). Its similarity to the inquiry follows m long
-    before sampled images are clean, so this tells "m is learnt, generation is not yet" apart
-    from "m is ignored". Returns per-target mean similarity and Spearman over all images."""
-    from diffusers import DDPMScheduler
-
-    from cemiray.diffusion.similarity_loss import SimilarityLoss
-
-    emb = _embeddings(recognizer, inquiry)
-    unet, encoder = pipe.unet, pipe.condition_encoder
-    device = unet.device
-    schedule = DDPMScheduler.from_config(pipe.scheduler.config)
-    probe = SimilarityLoss.from_scheduler(recognizer, schedule)
-    last = schedule.config.num_train_timesteps - 1
-    size, n = unet.config.sample_size, emb.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    ms, sims = [], []
-    with torch.no_grad():
-        e = emb.to(device)
-        for target in targets:
-            m = torch.full((n,), float(target), device=device)
-            t = torch.full((n,), last, device=device, dtype=torch.long)
-            x_t = torch.randn((n, 3, size, size), generator=gen).to(device)
-            x_t = x_t * (1 - schedule.alphas_cumprod[last]).sqrt().item()
-            cond = encoder(e, m)
-            out = unet(x_t, t, encoder_hidden_states=cond.tokens, class_labels=cond.pooled).sample
-            x0, _ = probe.predicted_x0_and_eps(out, x_t, t)
-            achieved = torch.nn.functional.normalize(probe.identity_encoder(x0).float(), dim=1)
-            sims.append((achieved * e.float()).sum(1).cpu().numpy())
-            ms.append(np.full(n, float(target)))
-    target_all, achieved_all = np.concatenate(ms), np.concatenate(sims).astype(np.float64)
-    return {
-        "t": last,
-        "per_target": [{"target": float(t), "mean": float(s.mean())} for t, s in zip(targets, sims)],
-        **_scores(target_all, achieved_all),
-    }
-
-
 def save_grid_png(images: np.ndarray, url: str, inquiry: np.ndarray | None = None,
                   pad: int = 2) -> None:
     """One PNG: rows = identities, columns = targets (`images` uint8 rows×cols×H×W×3), with the

@@ -173,7 +173,8 @@ def export_generator(module, ema: EmaWeights, cfg: TrainGenConfig, meta: dict) -
     holder.unet, holder.condition_encoder = build_generator(preset)
     holder.load_state_dict({k: v.detach().float().cpu() for k, v in module.state_dict().items()})
     ema.copy_to(holder)
-    pipe = CemiFacePipeline(unet=holder.unet.eval(), condition_encoder=holder.condition_encoder.eval(),
+    pipe = CemiFacePipeline(unet=holder.unet.eval(),
+                            condition_encoder=holder.condition_encoder.eval(),
                             scheduler=build_sample_scheduler(preset))
     url = storage.join(cfg.out, "generator")
     save_pipeline(pipe, url)
@@ -190,7 +191,7 @@ def read_shard(shard, size: int):
 
     images, labels = [], []
     for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
-        for i, data in enumerate(batch["image"]):
+        for data in batch["image"]:
             arr = decode_image(bytes(data), where=f"train-gen row {len(images)}")
             images.append(resize(arr, size) if arr.shape[:2] != (size, size) else arr)
         labels.extend(int(v) for v in batch["label"])
@@ -316,6 +317,9 @@ def run(cfg: TrainGenConfig) -> dict:
     from cemiray.train.face_data import face_dataset, num_classes
 
     t0, started = time.perf_counter(), time.time()
+    # Ray workers run elsewhere: local paths must not depend on the driver's directory.
+    cfg = cfg.model_copy(update={k: storage.absolute(getattr(cfg, k))
+                                 for k in ("out", "recognizer", "resume_from", "init_from")})
     preset = cfg.resolved_preset()
     recognizer = load_recognizer(cfg.recognizer)
     if recognizer.dim != preset.id_dim:
