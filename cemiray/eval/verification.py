@@ -110,6 +110,20 @@ def equal_error_rate(mated: np.ndarray, nonmated: np.ndarray) -> tuple[float, fl
     return float(eer), float(threshold)
 
 
+def check_folds(issame: Any, nfolds: int = 10, where: str = "verification pairs") -> None:
+    """Every fold of the protocol needs same and different pairs on both of its sides, or VAL at
+    a FAR cannot be measured: say so before any compute rather than after a training run."""
+    same = np.asarray(issame).astype(bool)
+    for k, (train, test) in enumerate(kfold_splits(len(same), nfolds)):
+        for side, rows in (("test", test), ("train", train)):
+            n_same = int(same[rows].sum())
+            if n_same == 0 or n_same == len(rows):
+                raise ValueError(
+                    f"{where}: fold {k} {side} side has {n_same} same of {len(rows)} pairs; the "
+                    f"{nfolds}-fold protocol needs both kinds in every fold (use more pairs, "
+                    f"interleaved)")
+
+
 def evaluate_pairs(
     embeddings1: np.ndarray, embeddings2: np.ndarray, issame: Any, nfolds: int = 10
 ) -> dict[str, Any]:
@@ -125,6 +139,7 @@ def evaluate_pairs(
     if same.shape != (e1.shape[0],) or not np.isin(same, (0, 1)).all():
         raise ValueError(f"issame must hold {e1.shape[0]} booleans, got shape {same.shape}")
     same = same.astype(bool)
+    check_folds(same, nfolds)
     dist = np.sum(np.square(e1 - e2), axis=1)
     accuracies, best_thresholds, vals, fars = [], [], [], []
     for train, test in kfold_splits(len(dist), nfolds):

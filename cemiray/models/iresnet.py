@@ -72,12 +72,15 @@ class IResNet(nn.Module):
         num_features: int = 512,
         dropout: float = 0.0,
         dtype: str = "float32",
+        width: int = 64,
     ) -> None:
         super().__init__()
         if not MIN_INPUT_SIZE <= input_size <= MAX_INPUT_SIZE:
             raise ValueError(
                 f"input_size={input_size}: IResNet takes {MIN_INPUT_SIZE}-{MAX_INPUT_SIZE} px"
             )
+        if width < 4:
+            raise ValueError(f"width={width}: the first stage needs at least 4 channels")
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
         self.config: dict[str, Any] = {
@@ -87,14 +90,17 @@ class IResNet(nn.Module):
             "dropout": float(dropout),
             "dtype": dtype,
         }
+        if width != STAGE_WIDTHS[0]:
+            self.config["width"] = int(width)
+        widths = tuple(width * (2**i) for i in range(len(STAGE_WIDTHS)))
         self.input_size = int(input_size)
         self.num_features = int(num_features)
         self.compute_dtype = DTYPES[dtype]
-        self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0], eps=1e-5)
-        self.prelu = nn.PReLU(STAGE_WIDTHS[0])
-        in_channels = STAGE_WIDTHS[0]
-        for index, (channels, blocks) in enumerate(zip(STAGE_WIDTHS, layers, strict=True), start=1):
+        self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0], eps=1e-5)
+        self.prelu = nn.PReLU(widths[0])
+        in_channels = widths[0]
+        for index, (channels, blocks) in enumerate(zip(widths, layers, strict=True), start=1):
             stage = [IBasicBlock(in_channels, channels, stride=2)]
             stage += [IBasicBlock(channels, channels, stride=1) for _ in range(blocks - 1)]
             setattr(self, f"layer{index}", nn.Sequential(*stage))
@@ -135,7 +141,9 @@ class IResNet(nn.Module):
 def get_backbone(name: str, **kwargs: Any) -> IResNet:
     """Build a backbone by name: iresnet18, iresnet34, iresnet50, iresnet100.
 
-    kwargs: input_size (16-112), num_features, dropout, dtype ("float32" or "bfloat16").
+    kwargs: input_size (16-112), num_features, dropout, dtype ("float32" or "bfloat16"), width
+    (channels of the first stage, 64 as in arcface_torch; the stages double it. A narrower
+    network keeps the key names and suits small inputs and CPU budgets).
     """
     if name not in LAYERS:
         raise ValueError(f"unknown backbone {name!r}; available: {', '.join(LAYERS)}")

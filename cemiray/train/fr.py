@@ -22,6 +22,7 @@ class TrainFRConfig(JobConfig):
     verification: str | None = Field(None, description="a verification .bin evaluated during training")
     backbone: str = "iresnet18"
     input_size: int = Field(32, ge=16, le=112)
+    width: int = Field(64, ge=4, description="first-stage channels (64 = arcface_torch)")
     embedding_dim: int = Field(512, ge=8)
     head: str = Field("cosface", description="arcface | cosface | adaface")
     margin: float = 0.4
@@ -58,7 +59,7 @@ def build_model(cfg: TrainFRConfig, num_classes: int):
         def __init__(self):
             super().__init__()
             self.backbone = get_backbone(cfg.backbone, input_size=cfg.input_size,
-                                         num_features=cfg.embedding_dim)
+                                         num_features=cfg.embedding_dim, width=cfg.width)
             self.head = get_margin_head(cfg.head, num_classes=num_classes,
                                         embedding_dim=cfg.embedding_dim, s=cfg.scale,
                                         m=cfg.margin)
@@ -95,8 +96,10 @@ class VerificationProbe:
 
     def __init__(self, url: str, size: int):
         from cemiray.data.verification_bin import decode_bin
+        from cemiray.eval.verification import check_folds
 
         images, self.issame = decode_bin(url, size)
+        check_folds(self.issame, where=url)
         import torch
 
         self.x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
