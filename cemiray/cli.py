@@ -49,6 +49,8 @@ JOBS: dict[str, Job] = {
                         "train the unconditional face generator that makes identity seeds"),
     "seeds": Job("cemiray.pipeline.seeds", "SeedsConfig",
                  "identity seeds: sources, uniqueness/leakage/quality filters, attribute quotas"),
+    "experiment": Job("cemiray.experiment.loop", "ExperimentConfig",
+                      "the CemiFace loop: synthetic sets per m, FR on each, report"),
     "render": Job("cemiray.pipeline.render", "RenderConfig", "render a ToyFaces split as a dataset"),
 }
 

@@ -1,26 +1,78 @@
 """The main job end to end at a small size, on the session's Ray cluster: ToyFaces rendered to
-Parquet shards by Ray tasks, exported to RecordIO, a verification .bin, all read back."""
+Parquet shards by Ray tasks, exported to RecordIO, a verification .bin, all read back; then the
+CemiFace loop from the shipped models (seeds → generate → train-fr → judge → HTML report), with
+every artefact parsed, and a rerun that redoes nothing."""
 
 import json
+from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from cemiray.data.images import decode_image
 from cemiray.data.parquet_shards import list_shards
+from cemiray.experiment.config import ExperimentConfig, FRRecipe, SyntheticSet
 from cemiray.quickstart import QuickstartConfig, run
+
+CHROMIUM = Path("/usr/bin/chromium").exists()
+
+
+def tiny_loop() -> ExperimentConfig:
+    return ExperimentConfig(out="", recognizer_identities=20, test_identities=10, test_samples=6,
+                            bin_pairs=200, identities=6, samples_per_identity=4,
+                            candidates_per_identity=3, quotas={}, sets=[SyntheticSet(m=[0.5])],
+                            steps=2, images_per_call=24, sampler_workers=1,
+                            fr=FRRecipe(epochs=1, max_steps=2, batch_size=12),
+                            screenshot=CHROMIUM)
 
 
 @pytest.mark.ray
 def test_quickstart_small(ray_cluster, tmp_path, capsys):
     cfg = QuickstartConfig(out=str(tmp_path / "qs"), train_identities=12, test_identities=6,
-                           samples_per_identity=4, verification_pairs=20, shard_identities=5)
+                           samples_per_identity=4, verification_pairs=20, shard_identities=5,
+                           experiment=tiny_loop())
     summary = run(cfg)
     assert summary["parquet_rows"] == 48 and summary["recordio_records"] == 48
     assert summary["parquet_shards"] == 3 and summary["classes"] == 12
     assert summary["bin_pairs"] == 20 and summary["bin_images"] == 40 and summary["bin_genuine"] == 10
     assert json.loads((tmp_path / "qs" / "config.json").read_text())["train_identities"] == 12
-    assert "quickstart summary" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "quickstart data" in printed and "quickstart report:" in printed
+    assert "real" in printed and "m=0.5" in printed
+
+    exp = tmp_path / "qs" / "experiment"
+    results = json.loads((exp / "results.json").read_text())
+    rows = {r["name"]: r for r in results["training_sets"]}
+    assert set(rows) == {"real", "m=0.5"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["images"] == 24 for r in rows.values())
+    assert [c["target"] for c in results["calibration"]] == [0.5]
+    assert results["calibration"][0]["n"] == 24
+    assert set(results["score_distributions"]) == {"real", "m=0.5"}
+    assert set(results["distances"]) == {"m=0.5"}
+    assert results["leakage"]["checked"] == 18
+    prov = results["provenance"]
+    assert set(prov["hashes"]) == {"test-bin", "seeds", "generate-m_0.5", "fr-real", "fr-m_0.5",
+                                   "judge"}
+    assert prov["cached"] == [] and len(prov["models"]["generator"]["sha256"]) == 64
+
+    generated = next((exp / "stages").glob("generate-m_0.5-*"))
+    table = pq.read_table(generated / "parquet")
+    assert table.num_rows == 24 and set(table.column("target_m").to_pylist()) == {0.5}
+    report = exp / "report"
+    html = (report / "report.html").read_text()
+    figures = json.loads((report / "report.json").read_text())["figures"]
+    assert figures and all(f["file"] in html for f in figures)
+    for figure in figures:
+        image = decode_image((report / figure["file"]).read_bytes())
+        assert image.ndim == 3 and image.shape[2] == 3 and np.asarray(image).std() > 0
+    if CHROMIUM:
+        shot = summary["experiment"]["screenshot"]
+        assert shot["images_loaded"] == shot["images_total"] == len(figures)
 
     shards = list_shards(str(tmp_path / "qs" / "toyfaces_train" / "parquet"))
     before = {s: (tmp_path / s).stat().st_mtime_ns for s in shards}
-    run(cfg)  # a rerun keeps every complete shard as it is
+    run(cfg)  # a rerun keeps every complete shard and every finished stage as it is
     assert {s: (tmp_path / s).stat().st_mtime_ns for s in shards} == before
+    again = json.loads((exp / "results.json").read_text())["provenance"]
+    assert sorted(again["cached"]) == sorted(prov["hashes"]) and again["hashes"] == prov["hashes"]
