@@ -54,6 +54,30 @@ def apply_override(data: dict, dotted_key: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def with_section_defaults(cls: type[BaseModel], data: dict) -> dict:
+    """Fill a partly given section from the section's own default: a job whose default is, say,
+    one DeepSpeed worker keeps it when only `distributed.torch_threads=1` is given, instead of
+    falling back to the section class's plain defaults. Only sections typed as one model class
+    are filled (a union such as a schedule keeps exactly what was given)."""
+    out = dict(data)
+    for name, field in cls.model_fields.items():
+        given, kind = out.get(name), field.annotation
+        if not (isinstance(given, dict) and isinstance(kind, type) and issubclass(kind, BaseModel)):
+            continue
+        default = field.get_default(call_default_factory=True)
+        if not isinstance(default, kind):
+            continue
+        base = default.model_dump(mode="python", exclude_unset=True)
+        out[name] = _merge(base, with_section_defaults(kind, given))
+    return out
+
+
+def _merge(base: Any, given: Any) -> Any:
+    if isinstance(base, dict) and isinstance(given, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in given.items()}}
+    return given
+
+
 def load_config(cls: type[C], path: str | None = None, overrides: list[str] | None = None) -> C:
     """Build `cls` from an optional YAML file, then `key=value` overrides, then validate."""
     data: dict = {}
@@ -70,7 +94,7 @@ def load_config(cls: type[C], path: str | None = None, overrides: list[str] | No
         key, _, value = item.partition("=")
         apply_override(data, key.strip(), parse_value(value))
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(with_section_defaults(cls, data))
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -53,3 +53,18 @@ def test_every_job_has_help(job):
     with pytest.raises(SystemExit) as exc:
         main([job, "--help"])
     assert exc.value.code == 0
+
+
+def test_a_partly_given_section_keeps_the_jobs_own_section_defaults(tmp_path):
+    from cemiray.experiment.config import ExperimentConfig
+    from cemiray.train.fr_bench import BenchFRConfig
+
+    cfg = load_config(BenchFRConfig, overrides=["distributed.torch_threads=1"])
+    assert cfg.distributed.num_workers == 1 and cfg.distributed.zero_stage == 1
+    assert cfg.distributed.torch_threads == 1
+    path = tmp_path / "exp.yaml"
+    path.write_text("fr:\n  epochs: 3\n  distributed: {torch_threads: 1}\n"
+                    "sets:\n  - {m: [0.5]}\n")
+    exp = load_config(ExperimentConfig, str(path), ["fr.width=8"])
+    assert (exp.fr.epochs, exp.fr.width, exp.fr.distributed.num_workers) == (3, 8, 1)
+    assert exp.fr.distributed.checkpoint_every == 10**6 and exp.fr.distributed.torch_threads == 1

@@ -38,6 +38,8 @@ class BenchFRConfig(JobConfig):
     ratio_identities: int = Field(100, ge=2, description="identities of the efficiency runs")
     ratio_steps: int = Field(40, ge=10)
     ratio_repeats: int = Field(2, ge=1)
+    scaling_workers: int = Field(2, ge=1, description="also time this many Ray Train workers, "
+                                 "the threads of the 1-worker run split between them (1: skip)")
     calibrate: bool = True
     orl: str = "orl:"
     distributed: DistributedConfig = Field(default_factory=_one_worker)
@@ -105,18 +107,34 @@ def efficiency(cfg: BenchFRConfig) -> dict:
     data = _toyfaces(cfg, 0, cfg.ratio_identities)
     rows = list(parse_source(data).iter_rows())
     log_every = max(2, cfg.ratio_steps // 5)
-    ray_rates, plain_rates = [], []
+    ray_rates, plain_rates, scaled_rates = [], [], []
+    threads = cfg.distributed.torch_threads or 2
+    scaled = cfg.distributed.model_copy(update={
+        "num_workers": cfg.scaling_workers, "cpus_per_worker": 1.0 / cfg.scaling_workers,
+        "torch_threads": max(1, threads // cfg.scaling_workers)})
     for rep in range(cfg.ratio_repeats):
         fr_cfg = _fr_config(cfg, storage.join(cfg.out, f"ratio_ray_{rep}"), data,
                             max_steps=cfg.ratio_steps, log_every=log_every, epochs=1)
         ray_rates.append(ray_train_img_per_s(fr_cfg))
         plain_rates.append(plain_loop_img_per_s(fr_cfg, rows, cfg.ratio_steps, log_every))
-        print(f"bench-fr: repeat {rep}: ray+deepspeed {ray_rates[-1]:.1f} img/s, "
-              f"plain {plain_rates[-1]:.1f} img/s", flush=True)
+        line = (f"bench-fr: repeat {rep}: ray+deepspeed {ray_rates[-1]:.1f} img/s, "
+                f"plain {plain_rates[-1]:.1f} img/s")
+        if cfg.scaling_workers > 1:
+            two = fr_cfg.model_copy(update={"out": storage.join(cfg.out, f"ratio_scaled_{rep}"),
+                                            "distributed": scaled})
+            scaled_rates.append(ray_train_img_per_s(two))
+            line += f", {cfg.scaling_workers} workers {scaled_rates[-1]:.1f} img/s"
+        print(line, flush=True)
     from cemiray.benchmarking import median_ratio
 
-    return {"ray_train_img_per_s": ray_rates, "plain_img_per_s": plain_rates,
-            "ray_over_plain": median_ratio(ray_rates, plain_rates)}
+    out = {"ray_train_img_per_s": ray_rates, "plain_img_per_s": plain_rates,
+           "ray_over_plain": median_ratio(ray_rates, plain_rates),
+           "threads_per_run": threads}
+    if scaled_rates:
+        out.update({"scaling_workers": cfg.scaling_workers,
+                    "scaled_img_per_s": scaled_rates,
+                    "scaled_over_one_worker": median_ratio(scaled_rates, ray_rates)})
+    return out
 
 
 def orl_report(cfg: BenchFRConfig, backbone_url: str) -> dict:
@@ -176,6 +194,8 @@ def run(cfg: BenchFRConfig) -> dict:
     url = write_result(cfg.out, "bench_fr", cfg.model_dump(mode="json"), figures)
     eff = figures["efficiency"]
     line = f"bench-fr: ray+deepspeed/plain = {eff['ray_over_plain']:.3f}"
+    if "scaled_over_one_worker" in eff:
+        line += f"; {eff['scaling_workers']} workers/1 = {eff['scaled_over_one_worker']:.3f}"
     if "calibration" in figures:
         line += (f"; IResNet-18 ToyFaces verification accuracy {figures['calibration']['val_acc']:.4f}"
                  f"; ORL d'={figures['orl'].get('d_prime', float('nan')):.2f}")
