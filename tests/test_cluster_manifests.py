@@ -455,7 +455,7 @@ def test_rayjob_runs_a_gpu_config_that_fits_its_cluster(path):
     assert config_path.is_file(), f"{path.name}: {config_path} does not exist"
     assert config_path.parent == CLUSTER / "configs"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    dist = config["distributed"]
+    dist = config["distributed"] if "distributed" in config else config["fr"]["distributed"]
     assert re.match(r"(s3|gs)://", config["out"])
     if "storage_path" in dist:  # training jobs checkpoint through Ray Train's storage
         assert re.match(r"(s3|gs)://", dist["storage_path"])
@@ -495,7 +495,8 @@ def test_rayjob_config_loads_with_its_jobs_config_class(path):
     except ImportError as exc:
         pytest.skip(f"job {job!r} does not import yet: {exc}")
     config = load_config(config_cls, str(config_path))
-    assert config.distributed.use_gpu is True
+    dist = config.distributed if hasattr(config, "distributed") else config.fr.distributed
+    assert dist.use_gpu is True
 
 
 # ---- the command line ----------------------------------------------------------------------

@@ -122,4 +122,11 @@ class ExperimentConfig(JobConfig):
             raise ValueError("sets: 'real' names the real-data baseline")
         if not self.sets and not self.real_baseline:
             raise ValueError("nothing to train: no sets and no real baseline")
+        if self.generator is None:
+            from cemiray.train.gen import TrainGenConfig
+
+            try:  # checked now, not after hours of E_id training
+                TrainGenConfig.model_validate({"recognizer": "E_id", **self.generator_training})
+            except ValueError as exc:
+                raise ValueError(f"generator_training: {exc}") from None
         return self
