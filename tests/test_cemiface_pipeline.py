@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TINY
 from torch import nn
 
 from cemiray.diffusion import (
@@ -24,18 +25,6 @@ from cemiray.diffusion import (
     load_pipeline,
     save_pipeline,
 )
-
-TINY = {
-    "image_size": 16,
-    "id_dim": 32,
-    "block_out_channels": (8, 16),
-    "attention_levels": (1,),
-    "attention_heads": 2,
-    "cross_attention_dim": 16,
-    "pooled_dim": 16,
-    "sim_dim": 8,
-    "encoder_hidden_dim": 32,
-}
 
 
 class TinyRecognizer(nn.Module):

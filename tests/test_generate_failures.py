@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
+from helpers import wait_for
 from pydantic import ValidationError
 from test_generate import GEN_16, ID_DIM, make_inputs
 
@@ -26,16 +26,6 @@ from cemiray.pipeline.seed_table import SeedTableError, random_identities, write
 from cemiray.pipeline.shard_plan import OutputConflictError
 
 N, K = 20, 4
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _shards(cfg: GenerateConfig) -> list[str]:
@@ -90,8 +80,8 @@ def killed_actor_run(ray_cluster, inputs):
         pids = _sampler_pids()
         return pids if len(pids) == 2 or not runner.is_alive() else None
 
-    pids = _wait_for(two_actors, 180, "two live sampler actors")
-    _wait_for(lambda: _shards(cfg) or not runner.is_alive(), 180, "the first shard")
+    pids = wait_for(two_actors, 180, "two live sampler actors")
+    wait_for(lambda: _shards(cfg) or not runner.is_alive(), 180, "the first shard")
     assert runner.is_alive() and len(pids) == 2, "generate ended before the kill (see log)"
     done_at_kill = len(_shards(cfg))
     victim = min(pids)
@@ -154,7 +144,7 @@ def test_killed_job_reruns_only_its_missing_shards(ray_cluster, inputs):
     proc = subprocess.Popen([sys.executable, "-c", SUBPROCESS_JOB, cfg.model_dump_json()],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: _shards(cfg) or proc.poll() is not None, 240, "the first shard")
+        wait_for(lambda: _shards(cfg) or proc.poll() is not None, 240, "the first shard")
     finally:
         _kill_tree(proc)
     log = proc.stdout.read().decode(errors="replace")[-3000:]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TINY
 
 from cemiray.data.toyfaces import ToyFacesWorld
 from cemiray.diffusion import (
@@ -26,18 +27,6 @@ from cemiray.diffusion.pairing import (
     candidate_pairs,
     snap_to_grid,
 )
-
-TINY = {
-    "image_size": 16,
-    "id_dim": 32,
-    "block_out_channels": (8, 16),
-    "attention_levels": (1,),
-    "attention_heads": 2,
-    "cross_attention_dim": 16,
-    "pooled_dim": 16,
-    "sim_dim": 8,
-    "encoder_hidden_dim": 32,
-}
 
 
 def flatten_normalize(x: torch.Tensor) -> torch.Tensor:

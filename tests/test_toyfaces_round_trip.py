@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cemiray.data.images import decode_image
 from cemiray.data.imagefolder import read_imagefolder, write_imagefolder
+from cemiray.data.images import decode_image
 from cemiray.data.parquet_shards import read_shard, write_shard
 from cemiray.data.recordio import RecordIODataset, write_recordio
 from cemiray.data.sources import parse_source

@@ -11,20 +11,11 @@ import threading
 import time
 
 import pytest
+from helpers import wait_for
 
 from cemiray import storage
 from cemiray.train.engine import read_metrics
 from cemiray.train.fr import TrainFRConfig, run
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.mark.ray
@@ -64,7 +55,7 @@ def test_train_fr_two_workers_zero2_survives_a_killed_worker(ray_cluster, tmp_pa
                 return latest["metrics"]["step"]
         return None
 
-    first_ckpt = _wait_for(checkpoint_registered, 240, "a registered checkpoint")
+    first_ckpt = wait_for(checkpoint_registered, 240, "a registered checkpoint")
     assert storage.exists(metrics_url)
     victim = json.loads((out / "workers" / "rank-1.json").read_text())["pid"]
     os.kill(victim, signal.SIGKILL)

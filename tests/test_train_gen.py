@@ -9,10 +9,10 @@ import json
 import os
 import signal
 import threading
-import time
 
 import pytest
 import torch
+from helpers import TINY, wait_for
 
 from cemiray import storage
 from cemiray.diffusion import load_pipeline
@@ -23,28 +23,7 @@ from cemiray.models.serialization import save_model_folder
 from cemiray.train.engine import read_metrics
 from cemiray.train.gen import EmaWeights, TrainGenConfig, run
 
-TINY = {
-    "image_size": 16,
-    "id_dim": 32,
-    "block_out_channels": (8, 16),
-    "attention_levels": (1,),
-    "attention_heads": 2,
-    "cross_attention_dim": 16,
-    "pooled_dim": 16,
-    "sim_dim": 8,
-    "encoder_hidden_dim": 32,
-}
 STEPS = 40
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_config_refuses_conflicting_options():
@@ -109,7 +88,7 @@ def test_train_gen_two_workers_survives_a_killed_worker_and_continues(ray_cluste
                 return latest["metrics"]["step"]
         return None
 
-    first_ckpt = _wait_for(checkpoint_registered, 120, "a registered checkpoint")
+    first_ckpt = wait_for(checkpoint_registered, 120, "a registered checkpoint")
     victim = json.loads((out / "workers" / "rank-1.json").read_text())["pid"]
     os.kill(victim, signal.SIGKILL)
     runner.join(timeout=200)
