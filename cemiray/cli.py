@@ -51,6 +51,8 @@ JOBS: dict[str, Job] = {
                  "identity seeds: sources, uniqueness/leakage/quality filters, attribute quotas"),
     "experiment": Job("cemiray.experiment.loop", "ExperimentConfig",
                       "the CemiFace loop: synthetic sets per m, FR on each, report"),
+    "analyze-centres": Job("cemiray.train.analyze_centres", "AnalyzeCentresConfig",
+                           "FR trained on images grouped by similarity to their class centre"),
     "render": Job("cemiray.pipeline.render", "RenderConfig", "render a ToyFaces split as a dataset"),
 }
 
