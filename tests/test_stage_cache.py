@@ -1,0 +1,72 @@
+"""Content-addressed stages: a stage runs once per (config, input bytes); an unfinished attempt is
+thrown away and redone; the same weights in another folder hash the same."""
+
+import json
+import shutil
+
+import pytest
+
+from cemiray.experiment.cache import STAGE_FILE, StageCache, fingerprint
+
+
+def _model(folder, weights: bytes):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"name": "m"}')
+    (folder / "model.safetensors").write_bytes(weights)
+    return str(folder)
+
+
+def test_a_stage_runs_once_per_config_and_input(tmp_path):
+    model = _model(tmp_path / "model", b"weights-1")
+    cache = StageCache(str(tmp_path / "stages"), log=lambda _: None)
+    calls = []
+
+    def work(out):
+        calls.append(out)
+        return {"value": len(calls)}
+
+    first = cache.run("train", {"lr": 0.1}, work, {"model": model})
+    again = cache.run("train", {"lr": 0.1}, work, {"model": model})
+    assert (first.cached, again.cached) == (False, True) and again.result == {"value": 1}
+    assert len(calls) == 1 and again.out == first.out
+    other = cache.run("train", {"lr": 0.2}, work, {"model": model})
+    assert not other.cached and other.out != first.out
+    _model(tmp_path / "model", b"weights-2")  # same path, new bytes: a new key
+    changed = cache.run("train", {"lr": 0.1}, work, {"model": model})
+    assert not changed.cached and changed.key != first.key and len(calls) == 3
+    with open(f"{changed.out}/{STAGE_FILE}") as f:
+        record = json.load(f)
+    assert record["config"] == {"lr": 0.1} and record["inputs"] == {"model": model}
+
+
+def test_an_unfinished_attempt_is_discarded_and_redone(tmp_path):
+    cache = StageCache(str(tmp_path / "stages"), log=lambda _: None)
+
+    def crash(out):
+        with open(out + "/partial.bin", "wb") as f:
+            f.write(b"half")
+        raise RuntimeError("killed mid-stage")
+
+    with pytest.raises(RuntimeError):
+        cache.run("gen", {"n": 1}, crash)
+    folder = next((tmp_path / "stages").iterdir())
+    assert (folder / "partial.bin").exists() and not (folder / STAGE_FILE).exists()
+
+    def work(out):
+        assert not (tmp_path / "stages" / folder.name / "partial.bin").exists()
+        return {"ok": True}
+
+    done = cache.run("gen", {"n": 1}, work)
+    assert done.result == {"ok": True} and not done.cached
+    assert (folder / STAGE_FILE).exists()
+
+
+def test_fingerprint_depends_on_bytes_not_place(tmp_path):
+    a = _model(tmp_path / "a", b"w")
+    b = tmp_path / "elsewhere" / "b"
+    shutil.copytree(a, b)
+    assert fingerprint(a) == fingerprint(str(b))
+    (b / "model.safetensors").write_bytes(b"x")
+    assert fingerprint(a) != fingerprint(str(b))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        fingerprint(str(tmp_path / "missing"))
