@@ -23,7 +23,7 @@ def quickstart_loop() -> ExperimentConfig:
     an easy similarity, each against 500 real images."""
     return ExperimentConfig(out="", identities=50, samples_per_identity=10, bin_pairs=1000,
                             sets=[SyntheticSet(m=[0.6]), SyntheticSet(m=[1.0])],
-                            fr=FRRecipe(epochs=20), steps=20,
+                            fr=FRRecipe(epochs=20),
                             generator_training={"max_minutes": 60.0, "batch_size": 32})
 
 

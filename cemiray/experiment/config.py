@@ -102,8 +102,10 @@ class ExperimentConfig(JobConfig):
     samples_per_identity: int = Field(10, ge=1)
     sets: list[SyntheticSet] = Field(default_factory=_default_sets)
     real_baseline: bool = Field(True, description="train FR on the same number of real images")
-    steps: int = Field(20, ge=1, description="sampler steps")
-    scheduler: str = "ddim"
+    steps: int = Field(10, ge=1, description="sampler steps")
+    scheduler: str = Field("dpmsolver++", description="DPM-Solver++ at 10 steps controls "
+                           "similarity as DDIM at 20 does (mean |achieved − m| 0.252 vs 0.249, "
+                           "shipped generator) at half the cost")
     images_per_call: int = Field(50, ge=1)
     sampler_workers: int = Field(2, ge=1)
     use_gpu: bool = False
