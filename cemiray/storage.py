@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import fsspec
 from fsspec.core import url_to_fs

@@ -1,7 +1,10 @@
 """Ray job entry point for `cemiray generate`: `python jobs/generate.py [--config F] [key=value ...]`."""
-import sys, pathlib  # noqa: E401  (the package root, for `ray job submit --working-dir .`)
+import pathlib
+import sys
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from cemiray.cli import job_main  # noqa: E402
+from cemiray.cli import job_main
+
 main = job_main("generate")
 if __name__ == "__main__":
     raise SystemExit(main())

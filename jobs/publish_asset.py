@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cemiray.assets import ASSETS  # noqa: E402
-from cemiray.assets.cards import publish  # noqa: E402
+from cemiray.assets import ASSETS
+from cemiray.assets.cards import publish
 
 
 def head_commit() -> str:

@@ -143,6 +143,9 @@ def test_config_rejects_bad_options() -> None:
         AnalyzeCentresConfig(fr={"bogus": 1})
     with pytest.raises(ValueError, match="verification: required"):
         AnalyzeCentresConfig(data="parquet:/nowhere")
+    with pytest.raises(ValueError, match="overlap"):
+        AnalyzeCentresConfig(holdout_first=450)
+    assert AnalyzeCentresConfig().holdout_ids() == range(500, 600)
     with pytest.raises(ValueError, match="must be even"):
         AnalyzeCentresConfig(holdout_pairs=101)
     with pytest.raises(ValueError, match="margin"):
@@ -224,3 +227,21 @@ def test_analyze_centres_end_to_end(ray_cluster, tmp_path) -> None:
     for label in range(20):
         assert max(per_group[0][label]) <= min(per_group[1][label])
     assert storage.exists(str(out / "fr" / "1" / "backbone" / "config.json"))
+
+
+def test_job_checks_model_and_head_before_any_ray_work(tmp_path) -> None:
+    from cemiray.models import get_backbone
+    from cemiray.train.analyze_centres import check_inputs
+
+    model = get_backbone("iresnet18", input_size=16, width=8, num_features=32)
+    save_model_folder(model, str(tmp_path / "backbone"), model.config)
+    for name, classes, dim in (("few", 10, 32), ("narrow", 20, 16)):
+        head = get_margin_head("cosface", num_classes=classes, embedding_dim=dim)
+        save_model_folder(head, str(tmp_path / name), head.config)
+    common = {"data": DATA, "model": str(tmp_path / "backbone")}
+    with pytest.raises(CentreError, match=r"labels 10-19 have no centre"):
+        check_inputs(AnalyzeCentresConfig(head=str(tmp_path / "few"), **common))
+    with pytest.raises(CentreError, match="16 dimensions but .* embeds in 32"):
+        check_inputs(AnalyzeCentresConfig(head=str(tmp_path / "narrow"), **common))
+    with pytest.raises(FileNotFoundError, match="missing.bin"):
+        check_inputs(AnalyzeCentresConfig(verification=str(tmp_path / "missing.bin"), **common))

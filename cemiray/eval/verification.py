@@ -156,7 +156,7 @@ def evaluate_pairs(
     scores = np.sum(e1 * e2, axis=1)
     eer, eer_threshold = equal_error_rate(scores[same], scores[~same])
     return {
-        "num_pairs": int(len(dist)),
+        "num_pairs": len(dist),
         "accuracy_mean": float(np.mean(accuracies)),
         "accuracy_std": float(np.std(accuracies)),
         "accuracies": accuracies,

@@ -82,16 +82,33 @@ class AnalyzeCentresConfig(JobConfig):
 
         if self.holdout_pairs % 2:
             raise ValueError(f"holdout_pairs={self.holdout_pairs} must be even")
-        if self.verification is None and parse_source(self.data).kind != "toyfaces":
-            raise ValueError("verification: required when `data` is not a toyfaces: source "
-                             "(held-out identities are rendered only for ToyFaces)")
+        if self.verification is None:
+            if parse_source(self.data).kind != "toyfaces":
+                raise ValueError("verification: required when `data` is not a toyfaces: source "
+                                 "(held-out identities are rendered only for ToyFaces)")
+            self.holdout_ids()
         unknown = sorted(set(self.fr) - set(TrainFRConfig.model_fields))
         taken = sorted(set(self.fr) & set(FR_SET_PER_GROUP + FR_OWN_FIELDS + ("head",)))
-        if unknown or taken:
-            raise ValueError(f"fr: unknown TrainFRConfig fields {unknown}; fields set by this "
-                             f"job or by its own options (use those) {taken}")
+        if unknown:
+            raise ValueError(f"fr: {unknown} are not TrainFRConfig fields")
+        if taken:
+            raise ValueError(f"fr: {taken} are set by this job or by its own options of the "
+                             "same name (`loss` for train-fr's `head`): use those")
         self.fr_config("memory://check/fr", "toyfaces:?ids=0-1&samples=2", None, 1)
         return self
+
+    def holdout_ids(self) -> range:
+        """ToyFaces identities of the rendered verification set; none of them in `data`."""
+        from cemiray.data.sources import parse_ids, parse_source
+
+        ids = parse_ids(parse_source(self.data).params["ids"])
+        first = max(ids) + 1 if self.holdout_first is None else self.holdout_first
+        held_out = range(first, first + self.holdout_identities)
+        overlap = sorted(set(held_out) & set(ids))
+        if overlap:
+            raise ValueError(f"holdout_first={first}: held-out identities overlap `data` "
+                             f"(e.g. {overlap[:5]})")
+        return held_out
 
     def fr_config(self, out: str, data: str, verification: str | None,
                   max_steps: int) -> TrainFRConfig:
@@ -107,25 +124,18 @@ class AnalyzeCentresConfig(JobConfig):
 def toyfaces_holdout(cfg: AnalyzeCentresConfig, url: str) -> dict:
     """Render a verification .bin of ToyFaces identities outside `data`, from its world."""
     from cemiray.config import WorldConfig
-    from cemiray.data.sources import parse_ids, parse_source
+    from cemiray.data.sources import parse_source
     from cemiray.pipeline.render import RenderConfig, write_verification_bin
 
     params = parse_source(cfg.data).params
-    first = cfg.holdout_first
-    if first is None:
-        first = max(parse_ids(params["ids"])) + 1
-    held_out = range(first, first + cfg.holdout_identities)
-    overlap = set(held_out) & set(parse_ids(params["ids"]))
-    if overlap:
-        raise ValueError(f"holdout_first={first}: held-out identities overlap `data` "
-                         f"(e.g. {sorted(overlap)[:5]})")
+    held_out = cfg.holdout_ids()
     world = WorldConfig(seed=int(params["seed"]), size=int(params["size"]),
                         difficulty=float(params["difficulty"]))
-    render_cfg = RenderConfig(world=world, first_identity=first,
+    render_cfg = RenderConfig(world=world, first_identity=held_out.start,
                               num_identities=cfg.holdout_identities,
                               samples_per_identity=cfg.holdout_samples, bin_pairs=cfg.holdout_pairs)
     pairs = write_verification_bin(render_cfg, url)
-    return {"url": url, "identities": [first, first + cfg.holdout_identities - 1],
+    return {"url": url, "identities": [held_out.start, held_out.stop - 1],
             "samples": cfg.holdout_samples, "pairs": pairs, "world": world.model_dump()}
 
 
@@ -173,7 +183,8 @@ def embed_source(cfg: AnalyzeCentresConfig):
 
 
 def group_labels(groups) -> Any:
-    """Labels renumbered 0..n−1 within each group (source order of labels kept); −1 outside."""
+    """Labels renumbered 0..n−1 within each group, in the order of the source labels; −1 for
+    images in no group."""
     import numpy as np
 
     new = np.full(len(groups.labels), -1, dtype=np.int64)
@@ -300,12 +311,12 @@ def run(cfg: AnalyzeCentresConfig) -> dict:
     print(f"analyze-centres: {len(labels)} images embedded in {seconds['embed']} s; "
           f"{groups.unassigned} left out of the per-identity split", flush=True)
 
+    steps = group_steps(cfg, [len(groups.members(g)) for g in range(cfg.k)])
     t0 = time.perf_counter()
     folders = [storage.join(cfg.out, "groups", str(g)) for g in range(cfg.k)]
-    sizes = write_groups(cfg, groups, folders)
+    write_groups(cfg, groups, folders)
     seconds["write"] = round(time.perf_counter() - t0, 1)
 
-    steps = group_steps(cfg, sizes)
     table = groups.summary()
     seconds["train"] = []
     for row, folder in zip(table, folders, strict=True):

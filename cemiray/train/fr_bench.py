@@ -33,6 +33,7 @@ class BenchFRConfig(JobConfig):
     test_identities: int = Field(100, ge=2)
     bin_pairs: int = Field(3000, ge=20)
     backbone: str = "iresnet18"
+    width: int = Field(64, ge=4, description="first-stage channels (16: the shipped recogniser)")
     batch_size: int = Field(128, ge=2)
     epochs: int = Field(8, ge=1)
     ratio_identities: int = Field(100, ge=2, description="identities of the efficiency runs")
@@ -49,7 +50,8 @@ class BenchFRConfig(JobConfig):
 def _fr_config(cfg: BenchFRConfig, out: str, data: str, **kw):
     from cemiray.train.fr import TrainFRConfig
 
-    return TrainFRConfig(out=out, data=data, backbone=cfg.backbone, input_size=cfg.world.size,
+    return TrainFRConfig(out=out, data=data, backbone=cfg.backbone, width=cfg.width,
+                         input_size=cfg.world.size,
                          batch_size=cfg.batch_size, distributed=cfg.distributed, ray=cfg.ray, **kw)
 
 
@@ -188,6 +190,7 @@ def run(cfg: BenchFRConfig) -> dict:
         figures["calibration"] = {"val_acc": result.get("val_acc"),
                                   "val_acc_std": result.get("val_acc_std"),
                                   "difficulty": cfg.world.difficulty,
+                                  "backbone": cfg.backbone, "width": cfg.width,
                                   "train_images": cfg.train_identities * cfg.samples_per_identity,
                                   "minutes": round((time.perf_counter() - t0) / 60, 1)}
         figures["orl"] = orl_report(cfg, result["backbone"])
@@ -197,7 +200,8 @@ def run(cfg: BenchFRConfig) -> dict:
     if "scaled_over_one_worker" in eff:
         line += f"; {eff['scaling_workers']} workers/1 = {eff['scaled_over_one_worker']:.3f}"
     if "calibration" in figures:
-        line += (f"; IResNet-18 ToyFaces verification accuracy {figures['calibration']['val_acc']:.4f}"
+        line += (f"; {cfg.backbone} (width {cfg.width}) ToyFaces verification accuracy "
+                 f"{figures['calibration']['val_acc']:.4f}"
                  f"; ORL d'={figures['orl'].get('d_prime', float('nan')):.2f}")
     print(line + f" → {url}", flush=True)
     return figures
