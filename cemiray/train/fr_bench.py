@@ -93,6 +93,16 @@ def plain_loop_img_per_s(fr_cfg, rows: list[dict], steps: int, log_every: int) -
     return statistics.median(rates[1:] or rates)
 
 
+def plain_in_worker(fr_cfg, rows: list[dict], steps: int, log_every: int) -> float:
+    """The plain loop in a Ray worker process: Ray runs its workers at OS niceness 15, so on a
+    shared machine a loop in the driver (niceness 0) would win CPU the Ray Train loop cannot
+    get. The loop itself uses no Ray."""
+    import ray
+
+    task = ray.remote(num_cpus=fr_cfg.distributed.cpus_per_worker)(plain_loop_img_per_s)
+    return ray.get(task.remote(fr_cfg, rows, steps, log_every))
+
+
 def ray_train_img_per_s(fr_cfg) -> float:
     from cemiray.train.engine import read_metrics
     from cemiray.train.fr import run
@@ -118,7 +128,7 @@ def efficiency(cfg: BenchFRConfig) -> dict:
         fr_cfg = _fr_config(cfg, storage.join(cfg.out, f"ratio_ray_{rep}"), data,
                             max_steps=cfg.ratio_steps, log_every=log_every, epochs=1)
         ray_rates.append(ray_train_img_per_s(fr_cfg))
-        plain_rates.append(plain_loop_img_per_s(fr_cfg, rows, cfg.ratio_steps, log_every))
+        plain_rates.append(plain_in_worker(fr_cfg, rows, cfg.ratio_steps, log_every))
         line = (f"bench-fr: repeat {rep}: ray+deepspeed {ray_rates[-1]:.1f} img/s, "
                 f"plain {plain_rates[-1]:.1f} img/s")
         if cfg.scaling_workers > 1:
