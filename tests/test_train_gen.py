@@ -106,7 +106,8 @@ def test_train_gen_two_workers_survives_a_killed_worker_and_continues(ray_cluste
     for key in ("total", "mse", "simmat", "s_mean", "s_inquiry_mean", "img_per_s"):
         assert key in train[-1], key
     mse = [r["mse"] for r in train]
-    assert sum(mse[-5:]) / 5 < 0.8 * sum(mse[:5]) / 5, "the denoising loss did not fall"
+    # v-prediction (the tiny preset's target) falls more slowly over 40 steps than ε did
+    assert sum(mse[-5:]) / 5 < 0.9 * sum(mse[:5]) / 5, "the denoising loss did not fall"
 
     pipe = load_pipeline(str(out / "generator"))
     assert {"unet", "condition_encoder", "scheduler"} <= set(os.listdir(out / "generator"))

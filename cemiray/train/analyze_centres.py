@@ -266,7 +266,8 @@ def group_steps(cfg: AnalyzeCentresConfig, sizes: list[int]) -> int:
 def format_table(rows: list[dict], centre_source: str, split: str) -> str:
     title = (f"analyze-centres: {len(rows)} groups by similarity to the class centre "
              f"({centre_source}, {split} split)")
-    header = f"{'group':>5} {'images':>7} {'ids':>5} {'mean sim':>9} {'std sim':>8} {'accuracy':>17}"
+    header = (f"{'group':>5} {'images':>7} {'ids':>5} {'mean sim':>9} {'std sim':>8} "
+              f"{'accuracy':>17}")
     lines = [title, header]
     for r in rows:
         lines.append(f"{r['group']:>5} {r['images']:>7} {r['identities']:>5} "
@@ -361,7 +362,8 @@ def run(cfg: AnalyzeCentresConfig) -> dict:
     storage.atomic_write_text(storage.join(cfg.out, "centres.json"),
                               json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(format_table(table, groups.centre_source, cfg.split), flush=True)
-    print(f"analyze-centres: best group {best} ({'moderate' if report['best_is_moderate'] else 'an end'}"
-          f" of the similarity range) → {storage.join(cfg.out, 'centres.json')} "
+    where = "moderate" if report["best_is_moderate"] else "an end"
+    print(f"analyze-centres: best group {best} ({where} of the similarity range) → "
+          f"{storage.join(cfg.out, 'centres.json')} "
           f"({seconds['total']} s)", flush=True)
     return report
