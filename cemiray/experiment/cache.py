@@ -53,6 +53,7 @@ class StageResult:
     result: dict
     cached: bool
     seconds: float
+    config: dict
 
 
 class StageCache:
@@ -76,7 +77,8 @@ class StageCache:
         marker = storage.join(out, STAGE_FILE)
         if storage.exists(marker):
             record = json.loads(storage.read_text(marker))
-            done = StageResult(name, key, out, record["result"], True, record["seconds"])
+            done = StageResult(name, key, out, record["result"], True, record["seconds"],
+                               record["config"])
             self.log(f"[{name}] cached ({key[:12]}) → {out}")
         else:
             if storage.exists(out):
@@ -90,7 +92,7 @@ class StageCache:
                       "result": result, "seconds": seconds,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             storage.atomic_write_text(marker, json.dumps(record, indent=2, default=str) + "\n")
-            done = StageResult(name, key, out, result, False, seconds)
+            done = StageResult(name, key, out, result, False, seconds, config)
             self.log(f"[{name}] done in {seconds} s")
         self.records.append(done)
         return done

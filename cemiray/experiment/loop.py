@@ -230,7 +230,8 @@ def run(cfg: ExperimentConfig) -> dict:
             inputs={"data": generated[spec.label].result["parquet"]})
     judge = stage_judge(cfg, cache, recognizer, datasets, test_bin)
 
-    results = collect_results(cfg, cache, trained=trained, generated=generated, seeds=seeds,
+    results = collect_results(cfg, cache, trained=trained, generated=generated,
+                              datasets=datasets, seeds=seeds,
                               judge=judge, recognizer=recognizer, generator=generator,
                               wall_seconds=time.perf_counter() - t0)
     storage.atomic_write_text(storage.join(cfg.out, "results.json"),

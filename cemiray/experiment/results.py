@@ -122,7 +122,8 @@ def judge_section(judge: StageResult, datasets: dict[str, str]) -> tuple[dict, d
 
 
 def collect_results(cfg: ExperimentConfig, cache: StageCache, *, trained: dict[str, StageResult],
-                    generated: dict[str, StageResult], seeds: StageResult, judge: StageResult,
+                    generated: dict[str, StageResult], datasets: dict[str, str],
+                    seeds: StageResult, judge: StageResult,
                     recognizer: str, generator: str, wall_seconds: float) -> dict[str, Any]:
     from cemiray.experiment.loop import REAL, git_commit, machine
 
@@ -138,8 +139,6 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *, trained: dict[s
                      "accuracy_std": stage.result.get("accuracy_std"),
                      "wall_seconds": stage.result.get("train_seconds") or stage.seconds,
                      "model": stage.result.get("backbone")})
-    datasets = {label: "parquet:" + g.result["parquet"] for label, g in generated.items()}
-    datasets[REAL] = _real_uri(cfg)
     distributions, distances = judge_section(judge, datasets)
     attrs, leakage = seeds_section(seeds)
     results: dict[str, Any] = {
@@ -162,8 +161,7 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *, trained: dict[s
         "versions": versions(),
         "models": {"recognizer": {"path": recognizer, "sha256": fingerprint(recognizer)},
                    "generator": {"path": generator, "sha256": fingerprint(generator)}},
-        "configs": {r.name: json.loads(storage.read_text(storage.join(r.out, "stage.json")))
-                    ["config"] for r in cache.records},
+        "configs": {r.name: r.config for r in cache.records},
         "hashes": {r.name: r.key[:16] for r in cache.records},
         "wall_times": {r.name: r.seconds for r in cache.records},
         "cached": [r.name for r in cache.records if r.cached],
@@ -172,8 +170,3 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *, trained: dict[s
     }
     return results
 
-
-def _real_uri(cfg: ExperimentConfig) -> str:
-    from cemiray.experiment.loop import toyfaces
-
-    return toyfaces(cfg, 0, cfg.identities, cfg.samples_per_identity)
