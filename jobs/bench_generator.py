@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images-per-target", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--max-tries", type=int, default=4, help="closed-loop tries")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="similarity guidance scale (1: none; the unguided figures are "
+                             "printed beside)")
+    parser.add_argument("--guidance-m", type=float, default=0.0, help="its reference m")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -131,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     inquiry = inquiry_images(args.data, args.identities, pipe.unet.config.sample_size)
     t0 = time.perf_counter()
     result = control_report(pipe, recognizer, inquiry, images_per_target=args.images_per_target,
-                            steps=args.steps, seed=args.seed, max_tries=args.max_tries)
+                            steps=args.steps, seed=args.seed, max_tries=args.max_tries,
+                            guidance_scale=args.guidance_scale, guidance_m=args.guidance_m)
     metrics = {**result.metrics, "eval_seconds": round(time.perf_counter() - t0, 1)}
     report.update(control=metrics, verdict=verdict(metrics))
     storage.atomic_write_text(storage.join(args.out, "control.json"),

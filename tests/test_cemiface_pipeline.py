@@ -150,6 +150,9 @@ def test_bad_input_fails_before_any_compute(pipe):
         ({"output_type": "pil"}, "output_type"),
         ({"variation": torch.zeros(2, 3)}, "no variation attributes"),
         ({"device": "meta"}, "differs from the pipeline's device"),
+        ({"guidance_scale": -0.5}, "guidance_scale must be >= 0"),
+        ({"guidance_scale": float("nan")}, "guidance_scale must be finite"),
+        ({"guidance_m": 1.2}, "guidance_m must lie in"),
     ]
     try:
         for change, message in cases:
@@ -212,6 +215,43 @@ def test_variation_attributes_reach_the_sampler():
     assert not torch.allclose(base, varied)
     with pytest.raises(ValueError, match="variation must be 2×2"):
         pipe(ids, 0.0, [1, 2], variation=torch.zeros(2, 3))
+
+
+def test_similarity_guidance_extrapolates_along_m(pipe):
+    ids, seeds = unit(3, seed=7), [5, 6, 7]
+
+    def sample(m, **kw):
+        return pipe(ids, m, seeds, num_inference_steps=3, output_type="pt", **kw).images
+
+    plain = sample([0.9, 0.2, -0.1])
+    # g = 1 is the plain sampler; g = 0 keeps only the reference branch, i.e. sampling at m_ref
+    torch.testing.assert_close(sample([0.9, 0.2, -0.1], guidance_scale=1.0), plain)
+    torch.testing.assert_close(sample([0.9, 0.2, -0.1], guidance_scale=0.0, guidance_m=0.4),
+                               sample(0.4), atol=1e-5, rtol=0)
+    guided = sample([0.9, 0.2, -0.1], guidance_scale=2.0, guidance_m=0.4)
+    assert not torch.allclose(guided, plain, atol=1e-3)
+    # each image is guided by its own m: image 0 alone gives what it gave in the batch
+    alone = pipe(ids[:1], 0.9, seeds[:1], num_inference_steps=3, output_type="pt",
+                 guidance_scale=2.0, guidance_m=0.4).images
+    torch.testing.assert_close(alone, guided[:1], atol=1e-4, rtol=0)
+
+
+def test_closed_loop_carries_each_images_variation(recognizer):
+    pipe = make_pipeline(seed=2, num_variation_attrs=2)
+    ids, seeds = unit(3, seed=8), [31, 32, 33]
+    variation = torch.tensor([[1.0, -1.0], [0.0, 0.5], [-1.0, 1.0]])
+    out = closed_loop_generate(pipe, ids, 0.5, seeds, recognizer, tolerance=0.0, max_tries=2,
+                               variation=variation, num_inference_steps=2, output_type="pt")
+    assert out.tries.tolist() == [2, 2, 2]
+    for i in range(3):  # the kept image is the one its seed and its own variation give
+        again = pipe(ids[i:i + 1], 0.5, [int(out.seeds[i])], variation=variation[i:i + 1],
+                     num_inference_steps=2, output_type="pt").images[0]
+        torch.testing.assert_close(again, out.images[i], atol=1e-4, rtol=0)
+        other = pipe(ids[i:i + 1], 0.5, [int(out.seeds[i])], variation=variation[i - 1:i]
+                     if i else variation[1:2], num_inference_steps=2, output_type="pt").images[0]
+        assert not torch.allclose(other, out.images[i], atol=1e-3)
+    with pytest.raises(ValueError, match="one row per seed"):
+        closed_loop_generate(pipe, ids, 0.5, seeds, recognizer, variation=variation[:2])
 
 
 def test_closed_loop_resamples_only_images_off_target(recognizer):

@@ -118,9 +118,12 @@ def test_other_schedule_mistakes_are_config_errors():
     with pytest.raises(ConfigError, match="schedule.uniform.high"):
         load_config(GenerateConfig, None, ["seeds=s", "generator=g", "recognizer=r",
                                            "schedule.kind=uniform", "schedule.low=0"])
-    with pytest.raises(ValidationError, match="cannot be combined"):
-        GenerateConfig(seeds="s", generator="g", recognizer="r", closed_loop={},
-                       variation={"low": [0.0], "high": [1.0]})
+    both = GenerateConfig(seeds="s", generator="g", recognizer="r", closed_loop={},
+                          variation={"low": [0.0], "high": [1.0]})
+    assert both.closed_loop.max_tries == 4 and both.variation.low == [0.0]
+    for field, value in (("guidance_scale", -1.0), ("guidance_m", 1.5)):
+        with pytest.raises(ValidationError, match=field):
+            GenerateConfig(seeds="s", generator="g", recognizer="r", **{field: value})
 
 
 def test_variation_values_lie_in_their_bands():

@@ -173,6 +173,13 @@ def test_generate_from_an_inquiry_image_and_in_closed_loop(served, local):
     assert all(i["tries"] == 2 and not i["within_tolerance"] for i in strict["images"])
     assert all(i["seed"] in (k, k + 1_000_003) for k, i in enumerate(strict["images"]))
 
+    body = {"embedding": embedding, "m": [0.9], "steps": 3, "seed": 4}
+    plain = ok_json(post(served, "/v1/generate", json=body))["images"][0]
+    guided = ok_json(post(served, "/v1/generate", json={**body, "guidance_scale": 3.0,
+                                                        "guidance_m": 0.0}))["images"][0]
+    assert guided["seed"] == plain["seed"] == 4
+    assert np.abs(decoded(guided).astype(int) - decoded(plain)).max() > 1
+
 
 # ---- the bad-input matrix ------------------------------------------------------------------------
 
@@ -255,6 +262,11 @@ CASES = [
     ("steps-over-max", "/v1/generate", gen_body(steps=9), 422, "steps=9 exceeds max_steps=8"),
     ("work-over-limit", "/v1/generate", gen_body(m=[0.0] * 8, steps=8, closed_loop={
         "tolerance": 0.1, "max_tries": 2}), 422, "= 128 exceeds max_image_steps=64"),
+    ("guided-work-over-limit", "/v1/generate", gen_body(m=[0.0] * 8, steps=8,
+                                                        guidance_scale=2.0), 422,
+     "x 2 UNet passes = 128 exceeds max_image_steps=64"),
+    ("guidance-negative", "/v1/generate", gen_body(guidance_scale=-1.0), 422, "guidance_scale: "),
+    ("guidance-m-over", "/v1/generate", gen_body(guidance_m=1.5), 422, "guidance_m: "),
     ("max-tries-over", "/v1/generate", gen_body(closed_loop={"max_tries": 5}), 422,
      "closed_loop.max_tries=5 exceeds max_tries=3"),
     ("tolerance-negative", "/v1/generate", gen_body(closed_loop={"tolerance": -1.0}), 422,

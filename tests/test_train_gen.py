@@ -115,10 +115,12 @@ def test_train_gen_two_workers_survives_a_killed_worker_and_continues(ray_cluste
     images = pipe(ids, [0.0, 1.0], seeds=[1, 2], num_inference_steps=2).images
     assert images.shape == (2, 16, 16, 3) and images.dtype.name == "uint8"
     report = control_report(pipe, load_recognizer(recognizer), ids, targets=(0.0, 0.5, 1.0),
-                            steps=2, samplers=(("dpmsolver++", 2),), max_tries=2)
+                            steps=2, samplers=(("dpmsolver++", 2),), max_tries=2,
+                            guidance_scale=2.0, guidance_m=0.0)
     metrics = report.metrics
     assert [t["target"] for t in metrics["per_target"]] == [0.0, 0.5, 1.0]
-    assert set(metrics["samplers"]) == {"ddim-2", "dpmsolver++-2"}
+    assert set(metrics["samplers"]) == {"ddim-2", "dpmsolver++-2", "ddim-2-unguided"}
+    assert metrics["guidance"] == {"guidance_scale": 2.0, "guidance_m": 0.0}
     assert -1 <= metrics["spearman"] <= 1 and metrics["closed_loop"]["mean_tries"] >= 1
     assert report.images.shape == (2, 3, 16, 16, 3) and report.achieved.shape == (2, 3, 1)
     save_grid_png(report.images, str(tmp_path / "grid.png"))

@@ -49,10 +49,12 @@ def closed_loop_generate(
     tolerance: float = 0.05,
     max_tries: int = 4,
     seed_stride: int = 1_000_003,
+    variation: Tensor | None = None,
     **kw: Any,
 ) -> ClosedLoopOutput:
     """Generate with `pipe`, then re-sample the images with |achieved − target| > tolerance.
-    `kw` goes to the pipeline call (num_inference_steps, scheduler, output_type, ...)."""
+    `variation` (N×attributes) follows its image through the re-draws; `kw` goes to the
+    pipeline call (num_inference_steps, scheduler, output_type, guidance_scale, ...)."""
     if recognizer is None:
         raise ValueError("closed_loop_generate needs a recognizer to measure similarity")
     if not (isinstance(tolerance, numbers.Real) and np.isfinite(tolerance) and tolerance >= 0):
@@ -70,6 +72,11 @@ def closed_loop_generate(
     embeddings = torch.as_tensor(id_embeddings)
     if embeddings.ndim != 2 or embeddings.shape[0] != n:
         raise ValueError(f"got {n} seeds for id_embeddings of shape {tuple(embeddings.shape)}")
+    if variation is not None:
+        variation = torch.as_tensor(variation, dtype=torch.float32)
+        if variation.ndim != 2 or variation.shape[0] != n:
+            raise ValueError(f"variation must have one row per seed ({n}), got shape "
+                             f"{tuple(variation.shape)}")
 
     images: np.ndarray | Tensor | None = None
     achieved = np.full(n, np.nan)
@@ -86,6 +93,7 @@ def closed_loop_generate(
             embeddings[index],
             torch.as_tensor(targets[pending], dtype=torch.float32),
             try_seeds,
+            variation=None if variation is None else variation[index],
             recognizer=recognizer,
             **kw,
         )

@@ -60,7 +60,8 @@ class CemiFaceOutput:
 
 
 class CemiFacePipeline(DiffusionPipeline):
-    """Identity- and similarity-conditioned sampler (CemiFace: DDIM, 20 steps, no guidance)."""
+    """Identity- and similarity-conditioned sampler (CemiFace: DDIM, 20 steps, no guidance;
+    similarity guidance optional)."""
 
     def __init__(
         self,
@@ -85,6 +86,8 @@ class CemiFacePipeline(DiffusionPipeline):
         output_type: str = "np",
         device: torch.device | str | None = None,
         autocast: bool = True,
+        guidance_scale: float = 1.0,
+        guidance_m: float = 0.0,
     ) -> CemiFaceOutput:
         """Generate one image per row of `id_embeddings` (N×D, unit norm) at similarity m (one
         value for all or one per image), image i drawn from `seeds[i]`.
@@ -93,6 +96,12 @@ class CemiFacePipeline(DiffusionPipeline):
         the stored scheduler as it is. `device` must be where the pipeline lives (None: there);
         on CUDA the UNet runs channels_last under bf16 autocast (`autocast=False` keeps fp32), on
         the CPU always fp32. Everything is validated before any network runs.
+
+        Similarity guidance (`guidance_scale` g ≠ 1): each step the UNet also runs on the same
+        identity at the reference similarity `guidance_m` and the prediction becomes
+        pred(m_ref) + g·(pred(m) − pred(m_ref)), classifier-free guidance along the m axis: it
+        spreads achieved similarities away from m_ref (at twice the UNet cost). g = 1 is the
+        plain CemiFace sampler.
         """
         device = self._check_device(device)
         n = validate_embeddings(id_embeddings, self.condition_encoder.config.id_dim)
@@ -105,6 +114,7 @@ class CemiFacePipeline(DiffusionPipeline):
             )
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+        guidance_scale, guidance_m = validate_guidance(guidance_scale, guidance_m)
         sampler = self._make_scheduler(scheduler)
         if recognizer is not None:
             as_identity_encoder(recognizer)
@@ -117,9 +127,16 @@ class CemiFacePipeline(DiffusionPipeline):
         noise = torch.cat(
             [torch.randn((1, 3, size, size), generator=g, dtype=torch.float32) for g in generators]
         )
-        condition = self.condition_encoder(
-            ids, sims, variation=None if variation is None else variation.to(device)
-        )
+        variation = None if variation is None else variation.to(device)
+        condition = self.condition_encoder(ids, sims, variation=variation)
+        tokens, pooled = condition.tokens, condition.pooled
+        guided = guidance_scale != 1.0
+        if guided:
+            reference = self.condition_encoder(
+                ids, torch.full_like(sims, guidance_m), variation=variation
+            )
+            tokens = torch.cat([tokens, reference.tokens])
+            pooled = None if pooled is None else torch.cat([pooled, reference.pooled])
 
         # The schedule stays on the CPU (the schedulers index their CPU tables with t, which on
         # a GPU would sync every step); the UNet gets a device copy made once, before the loop.
@@ -137,13 +154,18 @@ class CemiFacePipeline(DiffusionPipeline):
 
         for i, t in enumerate(sampler.timesteps):
             model_input = sampler.scale_model_input(x, t)
+            if guided:
+                model_input = torch.cat([model_input, model_input])
             with precision:
                 prediction = self.unet(
                     model_input,
                     unet_timesteps[i],
-                    encoder_hidden_states=condition.tokens,
-                    class_labels=condition.pooled,
+                    encoder_hidden_states=tokens,
+                    class_labels=pooled,
                 ).sample
+            if guided:
+                at_m, at_reference = prediction.float().chunk(2)
+                prediction = at_reference + guidance_scale * (at_m - at_reference)
             x = sampler.step(prediction.float(), t, x, generator=generators).prev_sample
 
         x = x.float().clamp(-1.0, 1.0).contiguous()
@@ -274,6 +296,20 @@ def validate_similarity(similarity: float | Sequence[float] | Tensor, n: int) ->
             f"similarity m must lie in [-1, 1], got {values[values.abs() > 1].tolist()}"
         )
     return values
+
+
+def validate_guidance(scale: float, reference_m: float) -> tuple[float, float]:
+    """(guidance_scale, guidance_m) as floats; the scale finite and >= 0, m_ref in [−1, 1]."""
+    for name, value in (("guidance_scale", scale), ("guidance_m", reference_m)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        if not np.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+    if scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0 (1: no guidance), got {scale}")
+    if abs(reference_m) > 1:
+        raise ValueError(f"guidance_m must lie in [-1, 1], got {reference_m}")
+    return float(scale), float(reference_m)
 
 
 def validate_seeds(seeds: Sequence[int], n: int) -> list[int]:

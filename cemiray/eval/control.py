@@ -47,12 +47,12 @@ def _embeddings(recognizer, inquiry: np.ndarray | Tensor) -> Tensor:
     return emb
 
 
-def _sample(pipe, recognizer, emb, m, seeds, steps, scheduler, batch_size):
+def _sample(pipe, recognizer, emb, m, seeds, steps, scheduler, batch_size, guidance):
     images, sims = [], []
     for lo in range(0, len(seeds), batch_size):
         part = slice(lo, lo + batch_size)
         out = pipe(emb[part], m[part], seeds[part], num_inference_steps=steps,
-                   scheduler=scheduler, recognizer=recognizer)
+                   scheduler=scheduler, recognizer=recognizer, **guidance)
         images.append(out.images)
         sims.append(out.similarity)
     return np.concatenate(images), np.concatenate(sims).astype(np.float64)
@@ -79,6 +79,8 @@ def control_report(
     tolerance: float = 0.05,
     max_tries: int = 4,
     batch_size: int = 64,
+    guidance_scale: float = 1.0,
+    guidance_m: float = 0.0,
 ) -> ControlReport:
     """Measure control on `inquiry` (uint8 N×H×W×3 inquiry images, or N×D unit embeddings).
 
@@ -100,9 +102,12 @@ def control_report(
     e = emb[torch.as_tensor(ident)]
     m = torch.as_tensor(target, dtype=torch.float32)
 
-    images, achieved = _sample(pipe, recognizer, e, m, seeds, steps, scheduler, batch_size)
+    guidance = {"guidance_scale": float(guidance_scale), "guidance_m": float(guidance_m)}
+    images, achieved = _sample(pipe, recognizer, e, m, seeds, steps, scheduler, batch_size,
+                               guidance)
     metrics: dict = {"identities": n, "targets": targets, "images_per_target": k,
-                     "sampler": f"{scheduler}-{steps}", **_scores(target, achieved)}
+                     "sampler": f"{scheduler}-{steps}", "guidance": guidance,
+                     **_scores(target, achieved)}
     grid = achieved.reshape(n, nt, k)
     metrics["per_target"] = [
         {"target": t, "mean": float(grid[:, j].mean()), "std": float(grid[:, j].std()),
@@ -114,8 +119,13 @@ def control_report(
         key = f"{name}-{sampler_steps}"
         if key in metrics["samplers"]:
             continue
-        _, other = _sample(pipe, recognizer, e, m, seeds, sampler_steps, name, batch_size)
+        _, other = _sample(pipe, recognizer, e, m, seeds, sampler_steps, name, batch_size,
+                           guidance)
         metrics["samplers"][key] = _scores(target, other)
+    if guidance_scale != 1.0:
+        plain = {"guidance_scale": 1.0, "guidance_m": 0.0}
+        _, other = _sample(pipe, recognizer, e, m, seeds, steps, scheduler, batch_size, plain)
+        metrics["samplers"][f"{scheduler}-{steps}-unguided"] = _scores(target, other)
 
     if closed_loop:
         sims, tries, within = [], [], []
@@ -123,7 +133,8 @@ def control_report(
             part = slice(lo, lo + batch_size)
             out = closed_loop_generate(pipe, e[part], m[part], seeds[part], recognizer,
                                        tolerance=tolerance, max_tries=max_tries,
-                                       num_inference_steps=steps, scheduler=scheduler)
+                                       num_inference_steps=steps, scheduler=scheduler,
+                                       **guidance)
             sims.append(out.similarity)
             tries.append(out.tries)
             within.append(out.within_tolerance)

@@ -145,6 +145,9 @@ def stage_generate(cfg: ExperimentConfig, cache: StageCache, spec: SyntheticSet,
 
     settings = {"samples": cfg.samples_per_identity, "schedule": schedule_of(spec),
                 "steps": cfg.steps, "scheduler": cfg.scheduler, "seed": 0}
+    guidance = {"guidance_scale": cfg.guidance_scale, "guidance_m": cfg.guidance_m}
+    if cfg.guidance_scale != 1.0:  # unguided stages keep the fingerprints they always had
+        settings["guidance"] = guidance
 
     def work(out: str) -> dict:
         result = run(GenerateConfig.model_validate({
@@ -152,7 +155,8 @@ def stage_generate(cfg: ExperimentConfig, cache: StageCache, spec: SyntheticSet,
             "samples_per_identity": cfg.samples_per_identity,
             "identities_per_shard": max(1, cfg.identities // 4),
             "schedule": schedule_of(spec), "steps": cfg.steps, "scheduler": cfg.scheduler,
-            "images_per_call": cfg.images_per_call, "ray": cfg.ray.model_dump(mode="json"),
+            "images_per_call": cfg.images_per_call, **guidance,
+            "ray": cfg.ray.model_dump(mode="json"),
             "distributed": {"num_workers": cfg.sampler_workers, "use_gpu": cfg.use_gpu}}))
         return {"parquet": result["parquet"], "images": result["counts"]["images"],
                 "images_per_s": result.get("images_per_s")}

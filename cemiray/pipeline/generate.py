@@ -85,7 +85,7 @@ if TYPE_CHECKING:
 OUTPUT_COLUMNS = (
     "image", "label", "sample", "seed_id", "source", "target_m", "similarity",
     "judge_similarity", "seed", "tries", "within_tolerance", "variation", "scheduler", "steps",
-    "generator_sha256", "recognizer_sha256", "judge_sha256", "shard", "worker_pid", "pixels",
+    "guidance_scale", "guidance_m", "generator_sha256", "recognizer_sha256", "judge_sha256", "shard", "worker_pid", "pixels",
 )
 
 
@@ -139,6 +139,9 @@ class GenerateConfig(JobConfig):
     seed: int = Field(0, ge=0, description="global seed of targets, noise and variation")
     steps: int = Field(20, ge=1)
     scheduler: Literal["ddim", "dpmsolver++", "euler", "ddpm"] = "ddim"
+    guidance_scale: float = Field(1.0, ge=0, description="similarity guidance (1: none; 2 costs "
+                                                       "twice the UNet time)")
+    guidance_m: float = Field(0.0, ge=-1, le=1, description="reference m of the guidance")
     images_per_call: int = Field(64, ge=1, description="images per generator call")
     exports: list[Literal["recordio", "imagefolder"]] = Field(default_factory=list)
     preview_identities: int = Field(8, ge=1)
@@ -151,13 +154,6 @@ class GenerateConfig(JobConfig):
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return schedule_shorthand(value)
-
-    @model_validator(mode="after")
-    def _combination(self) -> GenerateConfig:
-        if self.variation is not None and self.closed_loop is not None:
-            raise ValueError("variation and closed_loop cannot be combined: the closed loop "
-                             "re-samples subsets of a batch and cannot carry their variation")
-        return self
 
 
 @dataclass
@@ -255,7 +251,8 @@ def build_dataset(cfg: GenerateConfig, inputs: Inputs, items: list[dict]):
             "generator": cfg.generator, "recognizer": cfg.recognizer, "judge": cfg.judge,
             "hashes": inputs.hashes, "use_gpu": pool.use_gpu, "steps": cfg.steps,
             "scheduler": cfg.scheduler, "images_per_call": cfg.images_per_call,
-            "closed_loop": closed_loop,
+            "closed_loop": closed_loop, "guidance_scale": cfg.guidance_scale,
+            "guidance_m": cfg.guidance_m,
         },
     )
     return ds.map_batches(encode_pngs, batch_size=pool.encode_batch or cfg.images_per_call,
@@ -284,8 +281,10 @@ def _shard_rows(rows: list[dict], cfg: GenerateConfig, inputs: Inputs):
             out["within_tolerance"] = bool(r["within_tolerance"])
         if cfg.variation:
             out["variation"] = [float(v) for v in r["variation"]]
-        out.update(scheduler=cfg.scheduler, steps=cfg.steps,
-                   generator_sha256=hashes["generator"], recognizer_sha256=hashes["recognizer"])
+        out.update(scheduler=cfg.scheduler, steps=cfg.steps)
+        if cfg.guidance_scale != 1.0:
+            out.update(guidance_scale=cfg.guidance_scale, guidance_m=cfg.guidance_m)
+        out.update(generator_sha256=hashes["generator"], recognizer_sha256=hashes["recognizer"])
         if cfg.judge:
             out["judge_sha256"] = hashes["judge"]
         for name, values in table.attributes.items():

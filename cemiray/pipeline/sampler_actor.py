@@ -35,6 +35,8 @@ class SamplerActor:
         scheduler: str = "ddim",
         images_per_call: int = 64,
         closed_loop: dict[str, Any] | None = None,
+        guidance_scale: float = 1.0,
+        guidance_m: float = 0.0,
     ) -> None:
         from cemiray.diffusion.pipeline import load_pipeline
         from cemiray.models.recognizer import load_recognizer
@@ -55,6 +57,7 @@ class SamplerActor:
         self.steps, self.scheduler = int(steps), scheduler
         self.images_per_call = int(images_per_call)
         self.closed_loop = closed_loop
+        self.guidance = {"guidance_scale": float(guidance_scale), "guidance_m": float(guidance_m)}
         self.pid = os.getpid()
 
     def _load(self, load_recognizer: Any, uri: str, expected: str) -> Any:
@@ -118,15 +121,16 @@ class SamplerActor:
 
         m = torch.as_tensor(targets, dtype=torch.float32)
         common = {"num_inference_steps": self.steps, "scheduler": self.scheduler,
-                  "output_type": "np", "device": self.device}
+                  "output_type": "np", "device": self.device, **self.guidance}
+        var = None if variation is None else torch.from_numpy(variation)
         if self.closed_loop:
             out = closed_loop_generate(self.pipe, ids, m, seeds, recognizer=self.recognizer,
                                        tolerance=self.closed_loop["tolerance"],
-                                       max_tries=self.closed_loop["max_tries"], **common)
+                                       max_tries=self.closed_loop["max_tries"], variation=var,
+                                       **common)
             return {"images": out.images, "similarity": out.similarity.astype(np.float64),
                     "seeds": out.seeds.astype(np.int64), "tries": out.tries.astype(np.int64),
                     "within_tolerance": out.within_tolerance.astype(bool)}
-        var = None if variation is None else torch.from_numpy(variation)
         out = self.pipe(ids, m, seeds, variation=var, recognizer=self.recognizer, **common)
         return {"images": out.images, "similarity": out.similarity.astype(np.float64),
                 "seeds": np.asarray(seeds, dtype=np.int64),

@@ -286,6 +286,8 @@ class ImageJob:
     scheduler: str | None
     tolerance: float | None
     max_tries: int
+    guidance_scale: float = 1.0
+    guidance_m: float = 0.0
 
 
 class BatchStats:
@@ -395,12 +397,14 @@ class GeneratorModel:
         results: list[dict] = [{} for _ in jobs]
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
-            groups[(job.steps, job.scheduler, job.tolerance, job.max_tries)].append(i)
-        for (steps, scheduler, tolerance, max_tries), index in groups.items():
+            groups[(job.steps, job.scheduler, job.tolerance, job.max_tries, job.guidance_scale,
+                    job.guidance_m)].append(i)
+        for (steps, scheduler, tolerance, max_tries, scale, ref_m), index in groups.items():
             ids = torch.from_numpy(np.stack([jobs[i].embedding for i in index]))
             sims = torch.tensor([jobs[i].m for i in index], dtype=torch.float32)
             seeds = [jobs[i].seed for i in index]
-            kw = {"num_inference_steps": steps, "scheduler": scheduler}
+            kw = {"num_inference_steps": steps, "scheduler": scheduler,
+                  "guidance_scale": scale, "guidance_m": ref_m}
             if tolerance is None:
                 out = self.pipe(ids, sims, seeds, recognizer=self.recognizer, **kw)
                 tries, within, kept = [1] * len(index), [None] * len(index), seeds
@@ -521,10 +525,11 @@ class CemirayAPI:
         tries = loop.max_tries if loop else 1
         if tries > cfg.max_tries:
             raise APIError(422, f"closed_loop.max_tries={tries} exceeds max_tries={cfg.max_tries}")
-        if n * steps * tries > cfg.max_image_steps:
-            raise APIError(422, f"{n} images x {steps} steps x {tries} tries = "
-                                f"{n * steps * tries} exceeds max_image_steps="
-                                f"{cfg.max_image_steps}")
+        passes = 1 if req.guidance_scale == 1.0 else 2  # guidance runs the UNet twice a step
+        if n * steps * tries * passes > cfg.max_image_steps:
+            raise APIError(422, f"{n} images x {steps} steps x {tries} tries x {passes} UNet "
+                                f"passes = {n * steps * tries * passes} exceeds "
+                                f"max_image_steps={cfg.max_image_steps}")
         rec_info = await self.model_info(RECOGNIZER)
         if req.embedding is not None:
             identity = unit_embedding(req.embedding, rec_info["details"]["dim"])
@@ -534,7 +539,8 @@ class CemirayAPI:
             identity = await self.recognizer.embed.remote(image)
         targets = [m for m in req.m for _ in range(req.images_per_m)]
         jobs = [ImageJob(identity, m, req.seed + k, steps, req.scheduler,
-                         loop.tolerance if loop else None, tries) for k, m in enumerate(targets)]
+                         loop.tolerance if loop else None, tries, req.guidance_scale,
+                         req.guidance_m) for k, m in enumerate(targets)]
         results = await asyncio.gather(*(self.generator.generate.remote(j) for j in jobs))
         pngs = await asyncio.to_thread(lambda: [encode_png(r["image"]) for r in results])
         gen_info = await self.model_info(GENERATOR)

@@ -64,6 +64,10 @@ class GenerateRequest(Request):
     scheduler: Literal[SCHEDULER_NAMES] | None = Field(  # type: ignore[valid-type]
         None, description="None: the sampler stored with the generator")
     closed_loop: ClosedLoop | None = None
+    guidance_scale: float = Field(1.0, ge=0.0, le=20.0, allow_inf_nan=False,
+                                  description="similarity guidance (1: none; otherwise the UNet "
+                                              "runs twice a step)")
+    guidance_m: Similarity = Field(0.0, description="reference m of the guidance")
 
     @model_validator(mode="after")
     def _one_identity(self) -> GenerateRequest:
