@@ -152,3 +152,35 @@ def run_trainer(loop, loop_config: dict, dist: DistributedConfig, name: str | No
         datasets=datasets,
     )
     return trainer.fit()
+
+
+def fit_job(job: str, loop, loop_config: dict, dist: DistributedConfig, ds, out: str,
+            started: float, artefact: tuple[str, str]) -> dict:
+    """The driver side every training job shares: run `loop` on Ray Train over dataset `ds`,
+    raise if it failed, and return the last "done" record of `out/metrics.jsonl` with the wall
+    time and `artefact` (key, folder name under `out`). The last checkpoint is named in
+    `out/checkpoint.json`, which a later run takes as `resume_from`."""
+    result = run_trainer(loop, loop_config, dist, name=None, datasets={"train": ds})
+    if result.error:
+        raise RuntimeError(f"{job} failed: {result.error}")
+    done = [r for r in read_metrics(storage.join(out, "metrics.jsonl")) if r["event"] == "done"]
+    key, folder = artefact
+    summary = {**(done[-1] if done else {}), "seconds": round(time.perf_counter() - started, 1),
+               key: storage.join(out, folder)}
+    if result.checkpoint is not None:
+        summary["checkpoint"] = result.checkpoint.path
+        storage.atomic_write_text(
+            storage.join(out, "checkpoint.json"),
+            json.dumps({"path": result.checkpoint.path, "step": summary.get("step")}) + "\n")
+    print(f"{job}: done in {summary['seconds']} s → {summary[key]}", flush=True)
+    return summary
+
+
+def worker_context(dist: DistributedConfig, max_steps: int | None, epochs: int,
+                   steps_per_epoch: int) -> tuple[int, int, torch.device, int]:
+    """Inside a Ray Train worker: (rank, world size, device, total optimizer steps)."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    total = max_steps or epochs * steps_per_epoch
+    return ctx.get_world_rank(), ctx.get_world_size(), worker_device(dist), total

@@ -140,12 +140,10 @@ def train_loop(config: dict) -> None:
     from cemiray.train.face_data import decode_batch
 
     cfg = TrainFRConfig.model_validate(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = eng.worker_device(cfg.distributed)
+    rank, world, device, total_steps = eng.worker_context(
+        cfg.distributed, cfg.max_steps, cfg.epochs, config["steps_per_epoch"])
     torch.manual_seed(cfg.seed)
-    num_classes, steps_per_epoch = config["num_classes"], config["steps_per_epoch"]
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    num_classes = config["num_classes"]
 
     model = build_model(cfg, num_classes).to(device)
     optimizer = make_optimizer(cfg, model.parameters())
@@ -207,7 +205,7 @@ def train_loop(config: dict) -> None:
 def run(cfg: TrainFRConfig) -> dict:
     from cemiray.data.sources import parse_source
     from cemiray.pipeline.cluster import init_ray
-    from cemiray.train.engine import read_metrics, run_trainer
+    from cemiray.train.engine import fit_job
     from cemiray.train.face_data import face_dataset, num_classes
 
     cfg = cfg.model_copy(update={
@@ -226,19 +224,7 @@ def run(cfg: TrainFRConfig) -> dict:
                                         * cfg.distributed.grad_accum))
     print(f"train-fr: {n_rows} images, {n_classes} identities, {steps_per_epoch} steps/epoch, "
           f"{cfg.distributed.num_workers} workers, ZeRO-{cfg.distributed.zero_stage}", flush=True)
-    result = run_trainer(
-        train_loop,
-        {"cfg": cfg.model_dump(mode="json"), "num_classes": n_classes,
-         "steps_per_epoch": steps_per_epoch},
-        cfg.distributed,
-        name=None,
-        datasets={"train": ds},
-    )
-    if result.error:
-        raise RuntimeError(f"train-fr failed: {result.error}")
-    records = read_metrics(storage.join(cfg.out, "metrics.jsonl"))
-    done = [r for r in records if r["event"] == "done"]
-    summary = {**(done[-1] if done else {}), "seconds": round(time.perf_counter() - t0, 1),
-               "backbone": storage.join(cfg.out, "backbone")}
-    print(f"train-fr: done in {summary['seconds']} s → {summary['backbone']}", flush=True)
-    return summary
+    return fit_job("train-fr", train_loop,
+                   {"cfg": cfg.model_dump(mode="json"), "num_classes": n_classes,
+                    "steps_per_epoch": steps_per_epoch},
+                   cfg.distributed, ds, cfg.out, t0, ("backbone", "backbone"))

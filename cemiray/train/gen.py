@@ -149,6 +149,31 @@ class EmaWeights:
                 p.copy_(self.shadow[name].to(p.device, p.dtype))
 
 
+def start_ema_training(model, cfg, rank: int):
+    """What the diffusion trainers (train-gen, train-uncond) share inside a worker: AdamW with a
+    linear warm-up, the DeepSpeed engine, an EMA of the weights, the restored state (after a
+    failure or from `cfg.resume_from`, EMA included) and the metrics log. `cfg` needs lr,
+    weight_decay, warmup_steps, batch_size, grad_clip, ema_decay, resume_from, out and
+    distributed. Returns (engine, lr scheduler, ema, state dict, log)."""
+    import torch
+
+    from cemiray.train import engine as eng
+
+    ema = EmaWeights(model, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = cfg.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    engine, _, _ = eng.initialize(model, optimizer, cfg.distributed, cfg.batch_size, scheduler,
+                                  grad_clip=cfg.grad_clip)
+    state = eng.restore(engine, cfg.resume_from) or {}
+    if "ema" in state:
+        ema.load_state_dict(state["ema"])
+    eng.record_worker(cfg.out, rank)
+    log = eng.MetricsLog(storage.join(cfg.out, "metrics.jsonl"), enabled=rank == 0)
+    return engine, scheduler, ema, state, log
+
+
 def load_generator_weights(module, url: str) -> None:
     """Weights of a generator folder into the train module (its architecture must match)."""
     from cemiray.diffusion.pipeline import load_pipeline
@@ -226,10 +251,8 @@ def train_loop(config: dict) -> None:
 
     cfg = TrainGenConfig.model_validate(config["cfg"])
     preset = cfg.resolved_preset()
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = eng.worker_device(cfg.distributed)
-    total_steps = cfg.max_steps or cfg.epochs * config["steps_per_epoch"]
+    rank, world, device, total_steps = eng.worker_context(
+        cfg.distributed, cfg.max_steps, cfg.epochs, config["steps_per_epoch"])
 
     recognizer = load_recognizer(cfg.recognizer, device=device)
     images, labels = read_shard(ray.train.get_dataset_shard("train"), preset.image_size)
@@ -253,19 +276,8 @@ def train_loop(config: dict) -> None:
     if cfg.init_from:
         load_generator_weights(model, cfg.init_from)
     model = model.to(device)
-    ema = EmaWeights(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = cfg.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-    engine, _, _ = eng.initialize(model, optimizer, cfg.distributed, cfg.batch_size, scheduler,
-                                  grad_clip=cfg.grad_clip)
-    state = eng.restore(engine, cfg.resume_from) or {}
-    if "ema" in state:
-        ema.load_state_dict(state["ema"])
+    engine, scheduler, ema, state, log = start_ema_training(model, cfg, rank)
     step, images_seen = int(state.get("step", 0)), int(state.get("images_seen", 0))
-    eng.record_worker(cfg.out, rank)
-    log = eng.MetricsLog(storage.join(cfg.out, "metrics.jsonl"), enabled=rank == 0)
     if rank == 0:
         bank_info = {"rows": len(bank), "bank_mb": round(bank.nbytes / 2**20, 1)}
         if sampler.table is not None:
@@ -313,7 +325,7 @@ def train_loop(config: dict) -> None:
 def run(cfg: TrainGenConfig) -> dict:
     from cemiray.models.recognizer import load_recognizer
     from cemiray.pipeline.cluster import init_ray
-    from cemiray.train.engine import read_metrics, run_trainer
+    from cemiray.train.engine import fit_job
     from cemiray.train.face_data import face_dataset, num_classes
 
     t0, started = time.perf_counter(), time.time()
@@ -339,24 +351,7 @@ def run(cfg: TrainGenConfig) -> dict:
           f"preset {preset.name}, pairing {cfg.resolved_pairing()}, {dist.num_workers} workers, "
           f"ZeRO-{dist.zero_stage}", flush=True)
     deadline = started + 60 * cfg.max_minutes if cfg.max_minutes else None
-    result = run_trainer(
-        train_loop,
-        {"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch,
-         "deadline": deadline},
-        dist,
-        name=None,
-        datasets={"train": ds},
-    )
-    if result.error:
-        raise RuntimeError(f"train-gen failed: {result.error}")
-    records = read_metrics(storage.join(cfg.out, "metrics.jsonl"))
-    done = [r for r in records if r["event"] == "done"]
-    summary = {**(done[-1] if done else {}), "seconds": round(time.perf_counter() - t0, 1),
-               "generator": storage.join(cfg.out, "generator")}
-    if result.checkpoint is not None:
-        summary["checkpoint"] = result.checkpoint.path
-        storage.atomic_write_text(
-            storage.join(cfg.out, "checkpoint.json"),
-            json.dumps({"path": result.checkpoint.path, "step": summary.get("step")}) + "\n")
-    print(f"train-gen: done in {summary['seconds']} s → {summary['generator']}", flush=True)
-    return summary
+    return fit_job("train-gen", train_loop,
+                   {"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch,
+                    "deadline": deadline},
+                   dist, ds, cfg.out, t0, ("generator", "generator"))

@@ -9,7 +9,6 @@ folder (`unet/`, `scheduler/`, `unconditional.json`) at `out/generator`.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -104,30 +103,17 @@ def train_loop(config: dict) -> None:
     from cemiray.diffusion.unconditional import build_noise_scheduler, build_unet
     from cemiray.train import engine as eng
     from cemiray.train.face_data import decode_batch
-    from cemiray.train.gen import EmaWeights
+    from cemiray.train.gen import start_ema_training
 
     cfg = TrainUncondConfig.model_validate(config["cfg"])
     preset = cfg.resolved_preset()
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = eng.worker_device(cfg.distributed)
-    total_steps = cfg.max_steps or cfg.epochs * config["steps_per_epoch"]
+    rank, world, device, total_steps = eng.worker_context(
+        cfg.distributed, cfg.max_steps, cfg.epochs, config["steps_per_epoch"])
 
     torch.manual_seed(cfg.seed)
     model = build_train_module(build_unet(preset), build_noise_scheduler(preset)).to(device)
-    ema = EmaWeights(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = cfg.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-    engine, _, _ = eng.initialize(model, optimizer, cfg.distributed, cfg.batch_size, scheduler,
-                                  grad_clip=cfg.grad_clip)
-    state = eng.restore(engine, cfg.resume_from) or {}
-    if "ema" in state:
-        ema.load_state_dict(state["ema"])
+    engine, scheduler, ema, state, log = start_ema_training(model, cfg, rank)
     step, images_seen = int(state.get("step", 0)), int(state.get("images_seen", 0))
-    eng.record_worker(cfg.out, rank)
-    log = eng.MetricsLog(storage.join(cfg.out, "metrics.jsonl"), enabled=rank == 0)
     if rank == 0:
         log.write({"event": "start", "step": step, "resumed": bool(state), "world_size": world,
                    "total_steps": total_steps, "preset": preset.name})
@@ -182,7 +168,7 @@ def train_loop(config: dict) -> None:
 def run(cfg: TrainUncondConfig) -> dict:
     from cemiray.data.sources import parse_source
     from cemiray.pipeline.cluster import init_ray
-    from cemiray.train.engine import read_metrics, run_trainer
+    from cemiray.train.engine import fit_job
     from cemiray.train.face_data import face_dataset
 
     cfg = cfg.model_copy(update={
@@ -202,23 +188,6 @@ def run(cfg: TrainUncondConfig) -> dict:
     print(f"train-uncond: {n_rows} images, {steps_per_epoch} steps/epoch, preset "
           f"{preset.name}, {dist.num_workers} workers, ZeRO-{dist.zero_stage}",
           flush=True)
-    result = run_trainer(
-        train_loop,
-        {"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch},
-        dist,
-        name=None,
-        datasets={"train": ds},
-    )
-    if result.error:
-        raise RuntimeError(f"train-uncond failed: {result.error}")
-    records = read_metrics(storage.join(cfg.out, "metrics.jsonl"))
-    done = [r for r in records if r["event"] == "done"]
-    summary = {**(done[-1] if done else {}), "seconds": round(time.perf_counter() - t0, 1),
-               "generator": storage.join(cfg.out, "generator")}
-    if result.checkpoint is not None:
-        summary["checkpoint"] = result.checkpoint.path
-        storage.atomic_write_text(
-            storage.join(cfg.out, "checkpoint.json"),
-            json.dumps({"path": result.checkpoint.path, "step": summary.get("step")}) + "\n")
-    print(f"train-uncond: done in {summary['seconds']} s → {summary['generator']}", flush=True)
-    return summary
+    return fit_job("train-uncond", train_loop,
+                   {"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch},
+                   dist, ds, cfg.out, t0, ("generator", "generator"))
