@@ -42,6 +42,11 @@ class TrainFRConfig(JobConfig):
     eval_every: int = Field(200, ge=1)
     log_every: int = Field(10, ge=1)
     read_parts: int = Field(4, ge=1)
+    shuffle_buffer: int = Field(1024, ge=0, description="rows of Ray Data's local shuffle "
+                                "buffer per worker (0: blocks in order)")
+    prefetch_batches: int = Field(1, ge=0, description="batches Ray Data prepares ahead in a "
+                                  "background thread (0: none; on a small CPU that thread takes "
+                                  "cores from the training threads)")
     resume_from: str | None = None
     seed: int = 0
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
@@ -166,7 +171,8 @@ def train_loop(config: dict) -> None:
     while step < total_steps:
         epoch_batches = 0
         for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                        drop_last=True, local_shuffle_buffer_size=1024,
+                                        drop_last=True, prefetch_batches=cfg.prefetch_batches,
+                                        local_shuffle_buffer_size=cfg.shuffle_buffer or None,
                                         local_shuffle_seed=cfg.seed + step):
             epoch_batches += 1
             x = augment(decode_batch(batch["image"], cfg.input_size), cfg.augment, gen)

@@ -41,6 +41,8 @@ class BenchFRConfig(JobConfig):
     ratio_repeats: int = Field(2, ge=1)
     scaling_workers: int = Field(2, ge=1, description="also time this many Ray Train workers, "
                                  "the threads of the 1-worker run split between them (1: skip)")
+    shuffle_buffer: int = Field(1024, ge=0, description="train-fr's Ray Data shuffle buffer")
+    prefetch_batches: int = Field(1, ge=0, description="train-fr's Ray Data prefetch")
     calibrate: bool = True
     orl: str = "orl:"
     distributed: DistributedConfig = Field(default_factory=_one_worker)
@@ -51,8 +53,9 @@ def _fr_config(cfg: BenchFRConfig, out: str, data: str, **kw):
     from cemiray.train.fr import TrainFRConfig
 
     return TrainFRConfig(out=out, data=data, backbone=cfg.backbone, width=cfg.width,
-                         input_size=cfg.world.size,
-                         batch_size=cfg.batch_size, distributed=cfg.distributed, ray=cfg.ray, **kw)
+                         input_size=cfg.world.size, shuffle_buffer=cfg.shuffle_buffer,
+                         prefetch_batches=cfg.prefetch_batches, batch_size=cfg.batch_size,
+                         distributed=cfg.distributed, ray=cfg.ray, **kw)
 
 
 def _toyfaces(cfg: BenchFRConfig, first: int, count: int) -> str:
