@@ -32,6 +32,8 @@ def test_train_fr_two_workers_zero2_survives_a_killed_worker(ray_cluster, tmp_pa
         lr=0.05,
         log_every=1,
         read_parts=2,
+        shuffle_buffer=0,  # the other tests train with the default buffer and prefetch
+        prefetch_batches=0,
         distributed=dict(
             num_workers=2,
             zero_stage=2,
@@ -74,6 +76,7 @@ def test_train_fr_two_workers_zero2_survives_a_killed_worker(ray_cluster, tmp_pa
     assert done and done[-1]["step"] == 40
     losses = [r["loss"] for r in records if r["event"] == "train"]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, "loss did not fall"
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 40
     for name in ("backbone", "head"):
         assert (out / name / "config.json").is_file()
         assert (out / name / "model.safetensors").is_file()
