@@ -239,3 +239,44 @@ def test_variation_conditions_reach_the_generator(tmp_path):
     flipped = {**item, "variation": -item["variation"]}
     assert not np.array_equal(next(actor.generate_chunk(flipped))["pixels"], out["pixels"])
     assert np.array_equal(next(actor.generate_chunk(item))["pixels"], out["pixels"])
+
+
+def test_guided_closed_loop_keeps_each_images_variation_and_records_guidance(tmp_path):
+    """No Ray: the sampler actor with variation, the closed loop and similarity guidance at once
+    gives what the guided pipeline gives for each image's own seed and variation, and the
+    stored rows name the guidance they were sampled with."""
+    from cemiray.diffusion.pipeline import load_pipeline
+    from cemiray.pipeline.generate import _shard_rows, prepare_inputs
+    from cemiray.pipeline.sampler_actor import SamplerActor
+    from cemiray.pipeline.shard_plan import work_items
+
+    paths = make_inputs(tmp_path, 4, {**GEN_16, "num_variation_attrs": 2})
+    cfg = GenerateConfig(out=str(tmp_path / "out"), **paths, samples_per_identity=3, steps=2,
+                         variation={"low": [-1.0, 0.0], "high": [1.0, 0.5]},
+                         closed_loop={"tolerance": 2.0, "max_tries": 2},
+                         guidance_scale=2.0, guidance_m=0.25)
+    inputs = prepare_inputs(cfg)
+    item = work_items(plan_shards(4, 4)[0], inputs.table, 3, cfg.schedule, 0, 4,
+                      variation=cfg.variation)[0]
+    actor = SamplerActor(cfg.generator, cfg.recognizer, inputs.hashes, steps=2,
+                         closed_loop=cfg.closed_loop.model_dump(), guidance_scale=2.0,
+                         guidance_m=0.25)
+    out = next(actor.generate_chunk(item))
+    assert out["tries"].tolist() == [1] * 12  # tolerance 2: every first draw is kept
+
+    pipe = load_pipeline(cfg.generator)
+    embeddings = np.stack(list(item["embeddings"])).astype(np.float32)
+    ids = torch.from_numpy(embeddings[np.asarray(item["image_identity"])])
+    kw = {"num_inference_steps": 2, "variation": torch.from_numpy(out["variation"])}
+    targets, seeds = np.asarray(item["targets"]), [int(x) for x in item["seeds"]]
+    guided = pipe(ids, targets, seeds, guidance_scale=2.0, guidance_m=0.25, **kw).images
+    assert np.array_equal(out["pixels"], guided)
+    assert not np.array_equal(out["pixels"], pipe(ids, targets, seeds, **kw).images)
+
+    rows = [{**{k: v[i] for k, v in out.items() if k != "pixels"}, "image": b"png"}
+            for i in range(len(out["label"]))]
+    stored = list(_shard_rows(rows, cfg, inputs))
+    assert {(r["guidance_scale"], r["guidance_m"]) for r in stored} == {(2.0, 0.25)}
+    assert all(len(r["variation"]) == 2 for r in stored)
+    unguided = cfg.model_copy(update={"guidance_scale": 1.0})
+    assert all("guidance_scale" not in r for r in _shard_rows(rows, unguided, inputs))

@@ -85,7 +85,8 @@ if TYPE_CHECKING:
 OUTPUT_COLUMNS = (
     "image", "label", "sample", "seed_id", "source", "target_m", "similarity",
     "judge_similarity", "seed", "tries", "within_tolerance", "variation", "scheduler", "steps",
-    "guidance_scale", "guidance_m", "generator_sha256", "recognizer_sha256", "judge_sha256", "shard", "worker_pid", "pixels",
+    "guidance_scale", "guidance_m", "generator_sha256", "recognizer_sha256", "judge_sha256",
+    "shard", "worker_pid", "pixels",
 )
 
 
