@@ -10,7 +10,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-from cemiray.config import ConfigError, load_config
+from cemiray.runtime.config import ConfigError, load_config
 
 
 @dataclass(frozen=True)
@@ -26,32 +26,32 @@ class Job:
 
 
 JOBS: dict[str, Job] = {
-    "quickstart": Job("cemiray.quickstart", "QuickstartConfig", "the main job on the embedded default"),
+    "quickstart": Job("cemiray.apps.quickstart", "QuickstartConfig", "the main job on the embedded default"),
     "train-fr": Job("cemiray.train.fr", "TrainFRConfig",
                     "train an IResNet + margin head with Ray Train and DeepSpeed"),
-    "evaluate": Job("cemiray.eval.job", "EvaluateConfig",
+    "evaluate": Job("cemiray.apps.evaluate", "EvaluateConfig",
                     "verification (.bin) and score-distribution reports of a recogniser"),
-    "bench-fr": Job("cemiray.train.fr_bench", "BenchFRConfig",
+    "bench-fr": Job("cemiray.bench.fr", "BenchFRConfig",
                     "benchmark: Ray Train efficiency, ToyFaces calibration, ORL scores"),
     "serve": Job("cemiray.serve.app", "ServeConfig",
                  "Ray Serve: generation, embedding and verification over HTTP"),
-    "generate": Job("cemiray.pipeline.generate", "GenerateConfig",
+    "generate": Job("cemiray.pipeline.generate.job", "GenerateConfig",
                     "generate a synthetic face dataset as exactly-once Parquet shards"),
-    "bench-unet": Job("cemiray.perf.unet_flops", "BenchUNetConfig",
+    "bench-unet": Job("cemiray.bench.unet_flops", "BenchUNetConfig",
                       "benchmark: UNet FLOP/s against the measured GEMM peak, per preset"),
-    "bench-generate": Job("cemiray.perf.bench_generate", "BenchGenerateConfig",
+    "bench-generate": Job("cemiray.bench.generate", "BenchGenerateConfig",
                           "benchmark: Ray Data generation against a bare sampler loop"),
-    "bench-serve": Job("cemiray.perf.bench_serve", "BenchServeConfig",
+    "bench-serve": Job("cemiray.bench.serve", "BenchServeConfig",
                        "benchmark: HTTP embedding throughput and latency against in-process"),
     "train-gen": Job("cemiray.train.gen", "TrainGenConfig",
                      "train the CemiFace generator with Ray Train and DeepSpeed"),
     "train-uncond": Job("cemiray.train.uncond", "TrainUncondConfig",
                         "train the unconditional face generator that makes identity seeds"),
-    "seeds": Job("cemiray.pipeline.seeds", "SeedsConfig",
+    "seeds": Job("cemiray.pipeline.seeds.job", "SeedsConfig",
                  "identity seeds: sources, uniqueness/leakage/quality filters, attribute quotas"),
-    "experiment": Job("cemiray.experiment.loop", "ExperimentConfig",
+    "experiment": Job("cemiray.apps.experiment.loop", "ExperimentConfig",
                       "the CemiFace loop: synthetic sets per m, FR on each, report"),
-    "analyze-centres": Job("cemiray.train.analyze_centres", "AnalyzeCentresConfig",
+    "analyze-centres": Job("cemiray.apps.analyze_centres", "AnalyzeCentresConfig",
                            "FR trained on images grouped by similarity to their class centre"),
     "render": Job("cemiray.pipeline.render", "RenderConfig", "render a ToyFaces split as a dataset"),
 }

@@ -31,7 +31,7 @@ _BlockDumper.add_representer(
 
 def rayservice(serve_yaml: Path = CLUSTER / "configs" / "serve-gpu.yaml",
                cluster_yaml: Path = CLUSTER / "kuberay" / "raycluster.yaml") -> str:
-    from cemiray.config import load_config
+    from cemiray.runtime.config import load_config
     from cemiray.serve.config import ServeConfig
     from cemiray.serve.deploy_config import serve_config
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cemiray import storage
+from cemiray.data import storage
 
 DATA = "toyfaces:?seed=0&ids=0-499&samples=20&size=32"
 # Required of the tiny preset (issue item 7) and the goals beyond.
@@ -28,7 +28,7 @@ GOALS = {"spearman": 0.95, "closed_loop_mae": 0.05}
 
 
 def _parse_set(items: list[str]) -> dict:
-    from cemiray.config import apply_override, parse_value
+    from cemiray.runtime.config import apply_override, parse_value
 
     data: dict = {}
     for item in items:

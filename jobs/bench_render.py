@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.data.toyfaces import benchmark_render
 
 # Throughput the issue asks for on one core: {size: images per second}.

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from cemiray.benchmarking import write_result
+    from cemiray.bench.common import write_result
     from cemiray.eval.seed_filters import DUPLICATE, greedy_select
 
     x, is_dup = planted_seeds(args.n, args.dim, args.duplicates, args.noise, args.seed)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cemiray import storage
+from cemiray.apps.analyze_centres import AnalyzeCentresConfig, run
+from cemiray.data import storage
 from cemiray.data.images import decode_image
 from cemiray.data.parquet_shards import iter_rows
 from cemiray.eval.centre_groups import (
@@ -23,7 +24,6 @@ from cemiray.eval.centre_groups import (
 )
 from cemiray.models import get_margin_head, save_model_folder
 from cemiray.models.recognizer import load_recognizer
-from cemiray.train.analyze_centres import AnalyzeCentresConfig, run
 
 
 def crafted(cosines: list[list[float]], dim: int = 8):
@@ -230,8 +230,8 @@ def test_analyze_centres_end_to_end(ray_cluster, tmp_path) -> None:
 
 
 def test_job_checks_model_and_head_before_any_ray_work(tmp_path) -> None:
+    from cemiray.apps.analyze_centres import check_inputs
     from cemiray.models import get_backbone
-    from cemiray.train.analyze_centres import check_inputs
 
     model = get_backbone("iresnet18", input_size=16, width=8, num_features=32)
     save_model_folder(model, str(tmp_path / "backbone"), model.config)

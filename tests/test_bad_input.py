@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.data.imagefolder import read_imagefolder
 from cemiray.data.images import ImageDecodeError, decode_image, encode_jpeg, encode_png
 from cemiray.data.orl import OrlError, read_orl

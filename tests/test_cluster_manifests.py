@@ -484,7 +484,7 @@ def test_rayjob_entrypoint_script_exists(path):
 @pytest.mark.parametrize("path", RAYJOB_FILES, ids=lambda p: p.name)
 def test_rayjob_config_loads_with_its_jobs_config_class(path):
     from cemiray.cli import JOBS
-    from cemiray.config import load_config
+    from cemiray.runtime.config import load_config
 
     script, config_path = _entrypoint(path)
     job = Path(script).stem.replace("_", "-")

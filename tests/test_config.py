@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
+from cemiray.apps.quickstart import QuickstartConfig
 from cemiray.cli import JOBS, main
-from cemiray.config import ConfigError, load_config
-from cemiray.quickstart import QuickstartConfig
+from cemiray.runtime.config import ConfigError, load_config
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -29,7 +29,7 @@ def test_bad_overrides_name_the_key(override, fragment):
 def test_config_saved_as_json_on_memory_fs():
     cfg = QuickstartConfig(out="memory://cfgtest")
     url = cfg.save(cfg.out)
-    from cemiray import storage
+    from cemiray.data import storage
 
     assert json.loads(storage.read_text(url))["out"] == "memory://cfgtest"
 
@@ -56,8 +56,8 @@ def test_every_job_has_help(job):
 
 
 def test_a_partly_given_section_keeps_the_jobs_own_section_defaults(tmp_path):
-    from cemiray.experiment.config import ExperimentConfig
-    from cemiray.train.fr_bench import BenchFRConfig
+    from cemiray.apps.experiment.config import ExperimentConfig
+    from cemiray.bench.fr import BenchFRConfig
 
     cfg = load_config(BenchFRConfig, overrides=["distributed.torch_threads=1"])
     assert cfg.distributed.num_workers == 1 and cfg.distributed.zero_stage == 1

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cemiray import storage
+from cemiray.apps.evaluate import EvaluateConfig, run
+from cemiray.data import storage
 from cemiray.data.images import decode_image, encode_png
 from cemiray.data.sources import parse_source
 from cemiray.data.toyfaces import ToyFacesWorld, verification_pairs
 from cemiray.data.verification_bin import load_bin, write_bin
-from cemiray.eval.job import EvaluateConfig, run
 from cemiray.eval.verification import embed_with_flip, evaluate_pairs
 from cemiray.models import get_backbone
 from cemiray.models.recognizer import load_recognizer
@@ -168,7 +168,7 @@ def test_bad_inputs_fail_before_ray_work(inputs, tmp_path) -> None:
 
 
 def test_config_reads_bare_kinds_and_checks_the_actor_pool() -> None:
-    from cemiray.config import ConfigError, load_config
+    from cemiray.runtime.config import ConfigError, load_config
 
     cfg = load_config(EvaluateConfig, None, ["datasets=[orl:, 'toyfaces:?ids=0-7&samples=4']",
                                              "reference=orl:", "verification=[]"])

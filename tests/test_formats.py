@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.data.imagefolder import class_names, read_imagefolder, write_imagefolder
 from cemiray.data.images import decode_image, encode_jpeg, encode_png, resize
 from cemiray.data.orl import DEFAULT_ORL_ROOT, read_orl

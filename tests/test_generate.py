@@ -15,15 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.data.imagefolder import read_imagefolder
 from cemiray.data.images import decode_image, encode_png
 from cemiray.data.parquet_shards import iter_rows, list_shards, read_shard_metadata
 from cemiray.data.recordio import RecordIODataset
-from cemiray.pipeline.generate import GenerateConfig, run
-from cemiray.pipeline.schedules import image_seeds
-from cemiray.pipeline.seed_table import random_identities, read_seed_table, write_seed_table
-from cemiray.pipeline.shard_plan import PLAN_NAME, plan_shards
+from cemiray.pipeline.generate.job import GenerateConfig, run
+from cemiray.pipeline.generate.schedules import image_seeds
+from cemiray.pipeline.generate.shard_plan import PLAN_NAME, plan_shards
+from cemiray.pipeline.seeds.table import random_identities, read_seed_table, write_seed_table
 
 ID_DIM = 32
 GEN_16 = {"image_size": 16, "id_dim": ID_DIM, "block_out_channels": (8, 16),
@@ -179,9 +179,9 @@ def test_recordio_and_imagefolder_round_trip(generated):
 @pytest.mark.ray
 def test_images_are_a_pure_function_of_the_plan(generated):
     """Re-sampling one chunk outside Ray reproduces the stored PNG bytes exactly."""
-    from cemiray.pipeline.generate import prepare_inputs
-    from cemiray.pipeline.sampler_actor import SamplerActor, encode_pngs
-    from cemiray.pipeline.shard_plan import identities_per_chunk, work_items
+    from cemiray.pipeline.generate.job import prepare_inputs
+    from cemiray.pipeline.generate.sampler_actor import SamplerActor, encode_pngs
+    from cemiray.pipeline.generate.shard_plan import identities_per_chunk, work_items
 
     cfg = generated["cfg"]
     inputs = prepare_inputs(cfg)
@@ -219,9 +219,9 @@ def test_rerunning_a_finished_dataset_keeps_every_shard(generated):
 
 def test_variation_conditions_reach_the_generator(tmp_path):
     """No Ray: a sampler actor driven directly with a generator that takes 2 variation attributes."""
-    from cemiray.pipeline.generate import prepare_inputs
-    from cemiray.pipeline.sampler_actor import SamplerActor
-    from cemiray.pipeline.shard_plan import work_items
+    from cemiray.pipeline.generate.job import prepare_inputs
+    from cemiray.pipeline.generate.sampler_actor import SamplerActor
+    from cemiray.pipeline.generate.shard_plan import work_items
 
     paths = make_inputs(tmp_path, 4, {**GEN_16, "num_variation_attrs": 2})
     cfg = GenerateConfig(out=str(tmp_path / "out"), **paths, samples_per_identity=3, steps=2,
@@ -246,9 +246,9 @@ def test_guided_closed_loop_keeps_each_images_variation_and_records_guidance(tmp
     gives what the guided pipeline gives for each image's own seed and variation, and the
     stored rows name the guidance they were sampled with."""
     from cemiray.diffusion.pipeline import load_pipeline
-    from cemiray.pipeline.generate import _shard_rows, prepare_inputs
-    from cemiray.pipeline.sampler_actor import SamplerActor
-    from cemiray.pipeline.shard_plan import work_items
+    from cemiray.pipeline.generate.job import _shard_rows, prepare_inputs
+    from cemiray.pipeline.generate.sampler_actor import SamplerActor
+    from cemiray.pipeline.generate.shard_plan import work_items
 
     paths = make_inputs(tmp_path, 4, {**GEN_16, "num_variation_attrs": 2})
     cfg = GenerateConfig(out=str(tmp_path / "out"), **paths, samples_per_identity=3, steps=2,

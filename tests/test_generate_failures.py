@@ -19,11 +19,11 @@ from helpers import wait_for
 from pydantic import ValidationError
 from test_generate import GEN_16, ID_DIM, make_inputs
 
-from cemiray.config import ConfigError, load_config
 from cemiray.data.parquet_shards import iter_rows, list_shards
-from cemiray.pipeline.generate import GenerateConfig, run
-from cemiray.pipeline.seed_table import SeedTableError, random_identities, write_seed_table
-from cemiray.pipeline.shard_plan import OutputConflictError
+from cemiray.pipeline.generate.job import GenerateConfig, run
+from cemiray.pipeline.generate.shard_plan import OutputConflictError
+from cemiray.pipeline.seeds.table import SeedTableError, random_identities, write_seed_table
+from cemiray.runtime.config import ConfigError, load_config
 
 N, K = 20, 4
 
@@ -113,7 +113,7 @@ SUBPROCESS_JOB = """
 import sys, ray
 ray.init(address="local", num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False,
          log_to_driver=False)
-from cemiray.pipeline.generate import GenerateConfig, run
+from cemiray.pipeline.generate.job import GenerateConfig, run
 run(GenerateConfig.model_validate_json(sys.argv[1]))
 """
 

@@ -12,11 +12,10 @@ import torch
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from cemiray.benchmarking import median_ratio
-from cemiray.config import ConfigError, load_config
-from cemiray.perf.bench_generate import MemoryMonitor, actor_threads, micro_batches
-from cemiray.perf.bench_serve import BenchServeConfig, replica_threads
-from cemiray.perf.unet_flops import (
+from cemiray.bench.common import median_ratio
+from cemiray.bench.generate import MemoryMonitor, actor_threads, micro_batches
+from cemiray.bench.serve import BenchServeConfig, replica_threads
+from cemiray.bench.unet_flops import (
     BenchUNetConfig,
     UNetRunner,
     build_unet,
@@ -25,9 +24,10 @@ from cemiray.perf.unet_flops import (
     unet_inputs,
     unet_throughput,
 )
-from cemiray.pipeline.generate import GenerateConfig
-from cemiray.pipeline.schedules import image_seeds
-from cemiray.pipeline.seed_table import SeedTable, random_identities
+from cemiray.pipeline.generate.job import GenerateConfig
+from cemiray.pipeline.generate.schedules import image_seeds
+from cemiray.pipeline.seeds.table import SeedTable, random_identities
+from cemiray.runtime.config import ConfigError, load_config
 
 
 def layer_flops(preset: str) -> float:

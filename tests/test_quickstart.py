@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from cemiray.apps.experiment.config import ExperimentConfig, FRRecipe, SyntheticSet
+from cemiray.apps.quickstart import QuickstartConfig, run
 from cemiray.data.images import decode_image
 from cemiray.data.parquet_shards import list_shards
-from cemiray.experiment.config import ExperimentConfig, FRRecipe, SyntheticSet
-from cemiray.quickstart import QuickstartConfig, run
 
 CHROMIUM = Path("/usr/bin/chromium").exists()
 

@@ -20,7 +20,7 @@ def test_rayservice_is_generated_from_the_serve_config():
 def test_serve_config_v2_is_valid_and_matches_the_project():
     from ray.serve.schema import ServeDeploySchema
 
-    from cemiray.config import load_config
+    from cemiray.runtime.config import load_config
     from cemiray.serve.config import ServeConfig
     from cemiray.serve.deploy_config import serve_config
 

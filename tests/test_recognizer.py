@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.models import (
     CheckpointError,
     OnnxRecognizer,

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cemiray.apps.report import ResultsError, render_in_chromium, write_report
 from cemiray.eval.score_distributions import compare_reports, score_report
-from cemiray.report import ResultsError, render_in_chromium, write_report
 
 HOSTILE = '<script>alert("x")</script>&m=$0.4^{$'
 SECTION_ORDER = ["accuracy", "m-sweep", "calibration", "sample-grids", "scores", "seeds",

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from cemiray.config import ConfigError, load_config
-from cemiray.pipeline.generate import GenerateConfig
-from cemiray.pipeline.schedules import (
+from cemiray.pipeline.generate.job import GenerateConfig
+from cemiray.pipeline.generate.schedules import (
     ConstantSchedule,
     ListSchedule,
     MixtureSchedule,
@@ -22,8 +21,7 @@ from cemiray.pipeline.schedules import (
     schedule_shorthand,
     uniform01,
 )
-from cemiray.pipeline.seed_table import SeedTable, random_identities
-from cemiray.pipeline.shard_plan import (
+from cemiray.pipeline.generate.shard_plan import (
     OutputConflictError,
     ShardCollector,
     ShardPlanError,
@@ -33,6 +31,8 @@ from cemiray.pipeline.shard_plan import (
     work_items,
     write_plan,
 )
+from cemiray.pipeline.seeds.table import SeedTable, random_identities
+from cemiray.runtime.config import ConfigError, load_config
 
 IDS = np.arange(1000, 1400)
 SAMPLES = np.arange(50)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from scipy.stats import norm
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.eval.score_distributions import (
     compare_reports,
     distribution_distance,

@@ -24,9 +24,9 @@ from cemiray.data.sources import parse_source
 from cemiray.models import get_backbone
 from cemiray.models.recognizer import load_recognizer
 from cemiray.models.serialization import save_model_folder
-from cemiray.pipeline.generate import OUTPUT_COLUMNS
-from cemiray.pipeline.seed_table import read_seed_table
-from cemiray.pipeline.seeds import SeedsConfig, run
+from cemiray.pipeline.generate.job import OUTPUT_COLUMNS
+from cemiray.pipeline.seeds.job import SeedsConfig, run
+from cemiray.pipeline.seeds.table import read_seed_table
 
 NEW = "toyfaces:?seed=0&ids=1000000-1000015&samples=2&size=32"
 LEAKED = "toyfaces:?seed=0&ids=0-3&samples=1&size=32"

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from cemiray.experiment.cache import STAGE_FILE, StageCache, fingerprint
+from cemiray.apps.experiment.cache import STAGE_FILE, StageCache, fingerprint
 
 
 def _model(folder, weights: bytes):

@@ -13,7 +13,7 @@ import time
 import pytest
 from helpers import wait_for
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.train.engine import read_metrics
 from cemiray.train.fr import TrainFRConfig, run
 

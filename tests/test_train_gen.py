@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import TINY, wait_for
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.diffusion import load_pipeline
 from cemiray.eval.control import control_report, save_grid_png
 from cemiray.models import get_backbone

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import posixpath
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.data.images import decode_image, encode_png, image_format
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.data.images import decode_image, encode_png
 
 NUM_SUBJECTS = 40

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cemiray import storage
+from cemiray.data import storage
 
 BASE_FIELDS = (("image", pa.binary()), ("label", pa.int64()), ("sample", pa.int64()))
 JSON_COLUMNS_KEY = "cemiray:json_columns"

@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cemiray import storage
-from cemiray.data import images
+from cemiray.data import images, storage
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from cemiray import storage
+from cemiray.data import storage
 
 KINDS = ("toyfaces", "parquet", "recordio", "imagefolder", "orl", "bin")
 TOYFACES_DEFAULTS = {"seed": "0", "size": "32", "difficulty": "1.0"}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.data.images import decode_image, resize
 
 try:

@@ -35,7 +35,7 @@ from diffusers import (
 )
 from torch import Tensor
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.diffusion.condition_encoder import CemiConditionEncoder
 from cemiray.diffusion.similarity_loss import IdentityEncoder, as_identity_encoder
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from cemiray import storage
+from cemiray.data import storage
 
 MARKER_NAME = "unconditional.json"
 SAMPLERS = ("ddim", "ddpm")

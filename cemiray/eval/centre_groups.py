@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cemiray import storage
+from cemiray.data import storage
 
 SPLITS = ("per_identity", "global")
 HEAD_WEIGHT_KEY = "weight"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.diffusion.closed_loop import closed_loop_generate
 from cemiray.diffusion.pipeline import (
     CemiFacePipeline,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import wasserstein_distance
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.eval.verification import equal_error_rate
 
 DEFAULT_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)

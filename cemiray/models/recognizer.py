@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.models.iresnet import LAYERS, get_backbone
 from cemiray.models.serialization import (
     CONFIG_NAME,

@@ -15,7 +15,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from cemiray import storage
+from cemiray.data import storage
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

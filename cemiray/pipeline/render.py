@@ -9,8 +9,8 @@ import time
 
 from pydantic import Field
 
-from cemiray import storage
-from cemiray.config import JobConfig, RayConfig, WorldConfig
+from cemiray.data import storage
+from cemiray.runtime.config import JobConfig, RayConfig, WorldConfig
 
 
 class RenderConfig(JobConfig):
@@ -106,7 +106,7 @@ def run(cfg: RenderConfig) -> dict:
     from cemiray.data.imagefolder import write_imagefolder
     from cemiray.data.parquet_shards import iter_rows
     from cemiray.data.recordio import write_recordio
-    from cemiray.pipeline.cluster import init_ray
+    from cemiray.runtime.cluster import init_ray
 
     unknown = set(cfg.formats) - set(EXPORT_FORMATS)
     if unknown:

@@ -35,7 +35,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 from ray import serve
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.data.images import ImageDecodeError, decode_image, encode_png, image_format, image_size
 from cemiray.serve.config import GENERATOR, INGRESS, RECOGNIZER, ServeConfig
 from cemiray.serve.schemas import (
@@ -623,7 +623,7 @@ def app_builder(args: dict) -> serve.Application:
 def run(cfg: ServeConfig) -> str:
     """Start Serve on cfg.host:cfg.port with this application; block until interrupted (then
     delete the application) unless cfg.block is False. Returns the base URL."""
-    from cemiray.pipeline.cluster import init_ray
+    from cemiray.runtime.cluster import init_ray
 
     init_ray(cfg.ray)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})

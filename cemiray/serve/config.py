@@ -7,7 +7,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cemiray.config import JobConfig, RayConfig
+from cemiray.runtime.config import JobConfig, RayConfig
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 INGRESS, RECOGNIZER, GENERATOR = "Ingress", "Recognizer", "Generator"

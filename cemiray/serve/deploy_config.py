@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import yaml
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.serve.config import ServeConfig
 
 IMPORT_PATH = "cemiray.serve.app:app_builder"

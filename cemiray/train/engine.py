@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from cemiray import storage
+from cemiray.data import storage
 from cemiray.train.settings import DistributedConfig
 
 CHECKPOINT_TAG = "state"

@@ -11,8 +11,8 @@ import time
 
 from pydantic import Field
 
-from cemiray import storage
-from cemiray.config import JobConfig, RayConfig
+from cemiray.data import storage
+from cemiray.runtime.config import JobConfig, RayConfig
 from cemiray.train.settings import AugmentConfig, DistributedConfig
 
 
@@ -210,7 +210,7 @@ def train_loop(config: dict) -> None:
 
 def run(cfg: TrainFRConfig) -> dict:
     from cemiray.data.sources import parse_source
-    from cemiray.pipeline.cluster import init_ray
+    from cemiray.runtime.cluster import init_ray
     from cemiray.train.engine import fit_job
     from cemiray.train.face_data import face_dataset, num_classes
 

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cemiray import storage
-from cemiray.config import JobConfig, RayConfig
+from cemiray.data import storage
+from cemiray.runtime.config import JobConfig, RayConfig
 from cemiray.train.settings import DistributedConfig
 
 
@@ -324,7 +324,7 @@ def train_loop(config: dict) -> None:
 
 def run(cfg: TrainGenConfig) -> dict:
     from cemiray.models.recognizer import load_recognizer
-    from cemiray.pipeline.cluster import init_ray
+    from cemiray.runtime.cluster import init_ray
     from cemiray.train.engine import fit_job
     from cemiray.train.face_data import face_dataset, num_classes
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from cemiray import storage
-from cemiray.config import JobConfig, RayConfig
+from cemiray.data import storage
+from cemiray.runtime.config import JobConfig, RayConfig
 from cemiray.train.settings import DistributedConfig
 
 
@@ -167,7 +167,7 @@ def train_loop(config: dict) -> None:
 
 def run(cfg: TrainUncondConfig) -> dict:
     from cemiray.data.sources import parse_source
-    from cemiray.pipeline.cluster import init_ray
+    from cemiray.runtime.cluster import init_ray
     from cemiray.train.engine import fit_job
     from cemiray.train.face_data import face_dataset
 

@@ -1,0 +1,292 @@
+"""`cemiray evaluate`: a face-recognition model on verification sets (insightface arcface_torch
+protocol) and on face datasets (GANDiffFace's mated / non-mated score distributions), with every
+image embedded in one Ray Data pass.
+
+Outputs under `out`: `config.json`, `report.json` (every figure, with score histograms),
+`scores.png` (all datasets overlaid), `scores_<name>.png` (one per dataset), `det.png`, and with
+`save_embeddings` an `embeddings_<name>.npz` per set."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from cemiray.data import storage
+from cemiray.runtime.config import JobConfig, RayConfig
+
+BIN_PREFIX = "bin:"
+
+
+class EvaluateConfig(JobConfig):
+    out: str = "runs/evaluate"
+    model: str = Field("runs/train_fr/backbone",
+                       description="recogniser: cemiray model folder, `.pth?arch=iresnet50`, .onnx")
+    verification: list[str] = Field(
+        default_factory=lambda: ["runs/quickstart/toyfaces_test.bin"],
+        description="arcface_torch verification .bin files (`bin:` prefix optional)")
+    datasets: list[str] = Field(
+        default_factory=lambda: ["toyfaces:?ids=1000-1049&samples=10", "orl:"],
+        description="source URIs whose mated / non-mated score distributions are reported")
+    reference: str | None = Field("orl:", description="a dataset every other one is compared to "
+                                  "(Wasserstein-1, KL); added to `datasets` when absent")
+    flip_datasets: bool = Field(False, description="embed datasets with flip-sum as well "
+                                "(verification sets always are)")
+    nfolds: int = Field(10, ge=2)
+    thresholds: list[float] = Field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5],
+                                    description="cosine thresholds of the FMR/FNMR table")
+    max_nonmated_pairs: int = Field(200_000, ge=1)
+    histogram_bins: int = Field(100, ge=2)
+    seed: int = Field(0, ge=0, description="seed of the non-mated pair sample")
+    save_embeddings: bool = False
+    batch_size: int = Field(256, ge=1)
+    rows_per_read_task: int = Field(1000, ge=1)
+    num_actors_min: int = Field(1, ge=1)
+    num_actors_max: int = Field(2, ge=1)
+    cpus_per_actor: float = Field(0.5, ge=0, description="≤ 0.5 on 2-core machines")
+    use_gpu: bool = False
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("verification", "datasets", "reference", mode="before")
+    @classmethod
+    def _bare_kind(cls, value: Any) -> Any:
+        """YAML (config files, `key=value` overrides) reads a bare `orl:` as the mapping
+        {orl: None}; read it back as the URI it was written as."""
+
+        def uri(item: Any) -> Any:
+            if isinstance(item, dict) and len(item) == 1 and next(iter(item.values())) is None:
+                return f"{next(iter(item))}:"
+            return item
+
+        return [uri(v) for v in value] if isinstance(value, list) else uri(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        if self.num_actors_max < self.num_actors_min:
+            raise ValueError(f"num_actors_max={self.num_actors_max} is below "
+                             f"num_actors_min={self.num_actors_min}")
+        return self
+
+
+def bin_url(entry: str) -> str:
+    return entry.removeprefix(BIN_PREFIX)
+
+
+def set_names(entries: list[str], kinds: list[str]) -> list[str]:
+    """Short distinct names for file names and the report: a file or folder's stem
+    (`lfw`, `orl_faces`), `toyfaces` for rendered sets; repeats get `-2`, `-3`, ..."""
+    names: list[str] = []
+    for entry, kind in zip(entries, kinds, strict=True):
+        if kind == "toyfaces":
+            base = "toyfaces"
+        else:
+            tail = entry.split(":", 1)[1] if kind != "bin" and ":" in entry else bin_url(entry)
+            base = tail.rstrip("/").rsplit("/", 1)[-1].removesuffix(".bin") or kind
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base)
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def check_folds(url: str, issame: list[bool], nfolds: int) -> None:
+    """Every fold of the protocol must hold both genuine and impostor pairs (VAL / FAR)."""
+    from cemiray.eval.verification import kfold_splits
+
+    if len(issame) < nfolds:
+        raise ValueError(f"{url}: {len(issame)} pairs, fewer than nfolds={nfolds}")
+    same = np.asarray(issame, dtype=bool)
+    for k, (_, test) in enumerate(kfold_splits(len(same), nfolds)):
+        if same[test].all() or not same[test].any():
+            raise ValueError(f"{url}: fold {k} of {nfolds} (pairs {test[0]}-{test[-1]}) holds "
+                             "only one kind of pair; VAL at FAR needs both")
+
+
+def check_inputs(cfg: EvaluateConfig) -> tuple[Any, list[dict]]:
+    """Open the model and every set before any Ray work, so a missing or malformed file fails
+    at once with its name. Returns the recogniser and one plan entry per set."""
+    from cemiray.data.sources import parse_source
+    from cemiray.data.verification_bin import load_bin
+    from cemiray.models.recognizer import load_recognizer
+
+    datasets = list(cfg.datasets)
+    if cfg.reference is not None and cfg.reference not in datasets:
+        datasets.append(cfg.reference)
+    if not datasets and not cfg.verification:
+        raise ValueError("evaluate: nothing to evaluate; give `verification` and/or `datasets`")
+    recognizer = load_recognizer(cfg.model)
+    plan = []
+    for entry in cfg.verification:
+        url = bin_url(entry)
+        if not storage.exists(url):
+            raise FileNotFoundError(f"{url}: verification .bin not found")
+        _, issame = load_bin(url)
+        check_folds(url, issame, cfg.nfolds)
+        plan.append({"kind": "bin", "uri": BIN_PREFIX + url, "entry": entry, "flip": True,
+                     "issame": issame})
+    for uri in datasets:
+        source = parse_source(uri)
+        if source.kind == "bin":
+            raise ValueError(f"{uri}: a .bin holds unlabelled pairs; list it under "
+                             "`verification`, not `datasets`")
+        if source.kind != "toyfaces" and not storage.exists(source.url):
+            raise FileNotFoundError(f"{uri}: {source.url} not found")
+        if source.num_classes() < 2:
+            raise ValueError(f"{uri}: score distributions need at least 2 identities")
+        plan.append({"kind": "dataset", "uri": uri, "entry": uri, "flip": cfg.flip_datasets})
+    names = set_names([p["entry"] for p in plan],
+                      ["bin" if p["kind"] == "bin" else parse_source(p["uri"]).kind for p in plan])
+    for entry, name in zip(plan, names, strict=True):
+        entry["name"] = name
+    return recognizer, plan
+
+
+def embed_all(cfg: EvaluateConfig, plan: list[dict]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Embeddings and labels of every set, concatenated in plan order, and the seconds spent."""
+    from cemiray.pipeline.embed import collect_embeddings, embed_dataset, read_face_sources
+
+    t0 = time.perf_counter()
+    ds, spans = read_face_sources([p["uri"] for p in plan], [p["flip"] for p in plan],
+                                  rows_per_task=cfg.rows_per_read_task)
+    ds = embed_dataset(ds, cfg.model, batch_size=cfg.batch_size,
+                       num_actors=(cfg.num_actors_min, cfg.num_actors_max),
+                       cpus_per_actor=cfg.cpus_per_actor, use_gpu=cfg.use_gpu,
+                       flip_column="flip")
+    embeddings, labels, extras = collect_embeddings(ds)
+    total = spans[-1].stop
+    if not np.array_equal(extras["index"], np.arange(total)):
+        raise RuntimeError(f"evaluate: {total} images were read but {len(labels)} distinct rows "
+                           "came back embedded")
+    for entry, span in zip(plan, spans, strict=True):
+        entry["span"] = span
+    return embeddings, labels, time.perf_counter() - t0
+
+
+def save_embeddings(cfg: EvaluateConfig, name: str, embeddings: np.ndarray,
+                    labels: np.ndarray) -> str:
+    url = storage.join(cfg.out, f"embeddings_{name}.npz")
+    buffer = io.BytesIO()
+    np.savez(buffer, embeddings=embeddings, labels=labels)
+    storage.atomic_write_bytes(url, buffer.getvalue())
+    return url
+
+
+def verification_entry(cfg: EvaluateConfig, entry: dict, embeddings: np.ndarray) -> dict:
+    from cemiray.eval.verification import evaluate_pairs
+
+    result = evaluate_pairs(embeddings[0::2], embeddings[1::2], entry["issame"], cfg.nfolds)
+    return {"uri": entry["entry"], **result}
+
+
+def print_table(report: dict) -> None:
+    model = report["model"]
+    print(f"evaluate: {model['uri']} ({model['input_size']} px, {model['dim']}-d) on "
+          f"{report['images']} images in {report['seconds']['embed']} s "
+          f"({report['images_per_s']} img/s)")
+    if report["verification"]:
+        print(f"  {'verification':<18} {'pairs':>6} {'accuracy':>16} {'VAL@1e-3':>9} "
+              f"{'TAR@1e-3':>9} {'EER':>7}")
+        for name, r in report["verification"].items():
+            accuracy = f"{r['accuracy_mean']:.4f}±{r['accuracy_std']:.4f}"
+            print(f"  {name:<18} {r['num_pairs']:>6} {accuracy:>16} {r['val']:>9.4f} "
+                  f"{r['tar_at_far']['0.001']:>9.4f} {r['eer']:>7.4f}")
+    if report["datasets"]:
+        print(f"  {'dataset':<18} {'images':>6} {'ids':>5} {'mated':>13} {'non-mated':>13} "
+              f"{'d′':>6} {'EER':>7}")
+        for name, r in report["datasets"].items():
+            mated = f"{r['mated_mean']:.3f}±{r['mated_std']:.3f}"
+            nonmated = f"{r['nonmated_mean']:.3f}±{r['nonmated_std']:.3f}"
+            print(f"  {name:<18} {r['num_images']:>6} {r['num_identities']:>5} {mated:>13} "
+                  f"{nonmated:>13} {r['d_prime']:>6.2f} {r['eer']:>7.4f}")
+    for c in report["comparisons"]:
+        print(f"  {c['b']} vs {c['a']}: W1 mated {c['mated']['wasserstein']:.4f}, non-mated "
+              f"{c['nonmated']['wasserstein']:.4f}; KL mated {c['mated']['kl_a_b']:.4f}, "
+              f"non-mated {c['nonmated']['kl_a_b']:.4f}")
+    print(f"  report: {report['report']}")
+
+
+def compact(report: dict) -> dict:
+    """The returned summary: the report without histograms and per-fold lists."""
+    verification = {
+        name: {k: r[k] for k in ("accuracy_mean", "accuracy_std", "val", "val_std", "far",
+                                 "tar_at_far", "eer", "num_pairs")}
+        for name, r in report["verification"].items()
+    }
+    datasets = {
+        name: {k: v for k, v in r.items() if k not in ("histogram", "rates")}
+        for name, r in report["datasets"].items()
+    }
+    return {**report, "verification": verification, "datasets": datasets}
+
+
+def run(cfg: EvaluateConfig) -> dict:
+    from cemiray.eval.score_distributions import (
+        compare_reports,
+        plot_det,
+        plot_distributions,
+        save_report_json,
+        score_report,
+    )
+    from cemiray.runtime.cluster import init_ray
+
+    t0 = time.perf_counter()
+    recognizer, plan = check_inputs(cfg)
+    storage.makedirs(cfg.out)
+    cfg.save(cfg.out)
+    init_ray(cfg.ray)
+    embeddings, labels, embed_seconds = embed_all(cfg, plan)
+
+    verification, reports, uris, files = {}, {}, {}, {}
+    for entry in plan:
+        span = slice(entry["span"].start, entry["span"].stop)
+        emb, lab = embeddings[span], labels[span]
+        if cfg.save_embeddings:
+            files[f"embeddings_{entry['name']}"] = save_embeddings(cfg, entry["name"], emb, lab)
+        if entry["kind"] == "bin":
+            verification[entry["name"]] = verification_entry(cfg, entry, emb)
+            continue
+        try:
+            reports[entry["name"]] = score_report(emb, lab, entry["name"], cfg.thresholds,
+                                                  cfg.max_nonmated_pairs, cfg.seed)
+        except ValueError as exc:
+            raise ValueError(f"{entry['uri']}: {exc}") from exc
+        uris[entry["name"]] = entry["uri"]
+
+    comparisons = []
+    if cfg.reference is not None:
+        reference = next(reports[p["name"]] for p in plan
+                         if p["kind"] == "dataset" and p["uri"] == cfg.reference)
+        comparisons = [compare_reports(reference, other, cfg.histogram_bins)
+                       for other in reports.values() if other is not reference]
+    if reports:
+        files["scores"] = storage.join(cfg.out, "scores.png")
+        plot_distributions(list(reports.values()), files["scores"], cfg.histogram_bins)
+        files["det"] = storage.join(cfg.out, "det.png")
+        plot_det(list(reports.values()), files["det"])
+        for name, r in reports.items():
+            files[f"scores_{name}"] = storage.join(cfg.out, f"scores_{name}.png")
+            plot_distributions(r, files[f"scores_{name}"], cfg.histogram_bins)
+
+    images = len(labels)
+    report = {
+        "model": {"uri": cfg.model, "content_hash": recognizer.content_hash,
+                  "input_size": recognizer.input_size, "dim": recognizer.dim},
+        "verification": verification,
+        "datasets": {name: {"uri": uris[name], **r.to_dict(cfg.histogram_bins)}
+                     for name, r in reports.items()},
+        "comparisons": comparisons,
+        "files": files,
+        "images": images,
+        "images_per_s": round(images / max(embed_seconds, 1e-9), 1),
+        "report": storage.join(cfg.out, "report.json"),
+    }
+    report["seconds"] = {"embed": round(embed_seconds, 2),
+                         "total": round(time.perf_counter() - t0, 2)}
+    save_report_json(report, report["report"])
+    print_table(report)
+    return compact(report)

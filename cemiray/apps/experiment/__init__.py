@@ -1,0 +1,1 @@
+"""The CemiFace loop as one cached, resumable job (see cemiray.apps.experiment.loop)."""

@@ -1,0 +1,265 @@
+"""`cemiray experiment`: the CemiFace loop on ToyFaces, every stage cached by content hash.
+
+real split → E_id (train-fr, or a given model) → generator (train-gen, or a given one) → seeds
+from new identities → one synthetic set per m setting (generate) → FR trained on each set and on
+the same number of real images (train-fr, one recipe) → accuracy on a held-out-identity `.bin`
+→ judge's score distributions of every set against the real set (evaluate) → HTML report.
+
+Each stage is a Ray job step (Ray Train or Ray Data) run through `StageCache`, so a rerun redoes
+only the stages whose config or inputs changed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from cemiray.apps.experiment.cache import StageCache, StageResult
+from cemiray.apps.experiment.config import REAL, ExperimentConfig, SyntheticSet
+from cemiray.data import storage
+
+
+def toyfaces(cfg: ExperimentConfig, first: int, count: int, samples: int) -> str:
+    w = cfg.world
+    return (f"toyfaces:?seed={w.seed}&size={w.size}&difficulty={w.difficulty}"
+            f"&ids={first}-{first + count - 1}&samples={samples}")
+
+
+def new_identities(cfg: ExperimentConfig, count: int) -> str:
+    """Inquiry images of identities no model of the loop saw: ToyFaces' new-identity range."""
+    from cemiray.data.toyfaces import ToyFacesSplit
+
+    first = ToyFacesSplit.new_offset
+    return toyfaces(cfg, first, count, 1)
+
+
+def _ray(cfg: ExperimentConfig) -> dict:
+    return cfg.ray.model_dump(mode="json")
+
+
+def stage_test_bin(cfg: ExperimentConfig, cache: StageCache) -> StageResult:
+    from cemiray.pipeline.render import RenderConfig, run
+
+    first = cfg.recognizer_identities
+    settings = {"world": cfg.world.model_dump(mode="json"), "first": first,
+                "identities": cfg.test_identities, "samples": cfg.test_samples,
+                "pairs": cfg.bin_pairs}
+
+    def work(out: str) -> dict:
+        result = run(RenderConfig(out=out, world=cfg.world, first_identity=first,
+                                  num_identities=cfg.test_identities,
+                                  samples_per_identity=cfg.test_samples, formats=["bin"],
+                                  bin_pairs=cfg.bin_pairs, ray=cfg.ray))
+        return {"bin": result["bin"]}
+
+    return cache.run("test-bin", settings, work)
+
+
+def fr_config(cfg: ExperimentConfig, out: str, data: str, verification: str | None,
+              epochs: int | None = None):
+    from cemiray.train.fr import TrainFRConfig
+
+    r = cfg.fr
+    dist = r.distributed.model_copy(update={"storage_path": storage.join(out, "ray")})
+    return TrainFRConfig(out=out, data=data, verification=verification, backbone=r.backbone,
+                         width=r.width, input_size=cfg.world.size, embedding_dim=r.embedding_dim,
+                         head=r.head, margin=r.margin, scale=r.scale,
+                         epochs=epochs or r.epochs, max_steps=r.max_steps,
+                         batch_size=r.batch_size, lr=r.lr, warmup_steps=r.warmup_steps,
+                         eval_every=r.eval_every, log_every=20, distributed=dist, ray=cfg.ray)
+
+
+def stage_train_fr(cfg: ExperimentConfig, cache: StageCache, name: str, data: str,
+                   verification: str, inputs: dict[str, str] | None = None,
+                   epochs: int | None = None) -> StageResult:
+    from cemiray.train.fr import run
+
+    probe = fr_config(cfg, "unused", data, verification, epochs)
+    settings = probe.model_dump(mode="json", exclude={"out", "ray"})
+    settings["distributed"].pop("storage_path", None)
+
+    def work(out: str) -> dict:
+        result = run(fr_config(cfg, out, data, verification, epochs))
+        return {"backbone": result["backbone"], "accuracy": result.get("val_acc"),
+                "accuracy_std": result.get("val_acc_std"), "images": result.get("images"),
+                "train_seconds": result.get("seconds")}
+
+    return cache.run(f"fr-{slug(name)}", settings, work, inputs)
+
+
+def stage_generator(cfg: ExperimentConfig, cache: StageCache, recognizer: str,
+                    data: str) -> StageResult:
+    from cemiray.train.gen import TrainGenConfig, run
+
+    settings = {"data": data, **cfg.generator_training}
+
+    def work(out: str) -> dict:
+        options = {"out": out, "data": data, "recognizer": recognizer, "ray": cfg.ray,
+                   **cfg.generator_training}
+        options.setdefault("distributed", {"num_workers": 1, "cpus_per_worker": 1.0,
+                                           "zero_stage": 1, "torch_threads": 2})
+        options["distributed"] = {**options["distributed"],
+                                  "storage_path": storage.join(out, "ray")}
+        result = run(TrainGenConfig.model_validate(options))
+        return {"generator": result["generator"], "steps": result.get("steps")}
+
+    return cache.run("train-gen", settings, work, {"recognizer": recognizer})
+
+
+def stage_seeds(cfg: ExperimentConfig, cache: StageCache, recognizer: str) -> StageResult:
+    from cemiray.pipeline.seeds.job import SeedsConfig, run
+
+    inquiry = new_identities(cfg, cfg.identities * cfg.candidates_per_identity)
+    leakage = toyfaces(cfg, 0, cfg.recognizer_identities, 2)
+    settings = {"inquiry": inquiry, "leakage": leakage, "identities": cfg.identities,
+                "quotas": cfg.quotas, "uniqueness": cfg.uniqueness_threshold,
+                "leakage_threshold": cfg.leakage_threshold}
+
+    def work(out: str) -> dict:
+        result = run(SeedsConfig(out=out, recognizer=recognizer, inquiry=[inquiry],
+                                 leakage_data=leakage, probe_data=leakage,
+                                 num_identities=cfg.identities, quotas=cfg.quotas,
+                                 uniqueness_threshold=cfg.uniqueness_threshold,
+                                 leakage_threshold=cfg.leakage_threshold,
+                                 ray=cfg.ray))
+        return {"table": result["table"], "report": result["report"], "kept": result["kept"]}
+
+    return cache.run("seeds", settings, work, {"recognizer": recognizer})
+
+
+def schedule_of(spec: SyntheticSet) -> dict:
+    if len(spec.m) == 1:
+        return {"kind": "constant", "m": spec.m[0]}
+    return {"kind": "list", "values": spec.m}
+
+
+def stage_generate(cfg: ExperimentConfig, cache: StageCache, spec: SyntheticSet, seeds: str,
+                   generator: str, recognizer: str) -> StageResult:
+    from cemiray.pipeline.generate.job import GenerateConfig, run
+
+    settings = {"samples": cfg.samples_per_identity, "schedule": schedule_of(spec),
+                "steps": cfg.steps, "scheduler": cfg.scheduler, "seed": 0}
+    guidance = {"guidance_scale": cfg.guidance_scale, "guidance_m": cfg.guidance_m}
+    if cfg.guidance_scale != 1.0:  # unguided stages keep the fingerprints they always had
+        settings["guidance"] = guidance
+
+    def work(out: str) -> dict:
+        result = run(GenerateConfig.model_validate({
+            "out": out, "seeds": seeds, "generator": generator, "recognizer": recognizer,
+            "samples_per_identity": cfg.samples_per_identity,
+            "identities_per_shard": max(1, cfg.identities // 4),
+            "schedule": schedule_of(spec), "steps": cfg.steps, "scheduler": cfg.scheduler,
+            "images_per_call": cfg.images_per_call, **guidance,
+            "ray": cfg.ray.model_dump(mode="json"),
+            "distributed": {"num_workers": cfg.sampler_workers, "use_gpu": cfg.use_gpu}}))
+        return {"parquet": result["parquet"], "images": result["counts"]["images"],
+                "images_per_s": result.get("images_per_s")}
+
+    return cache.run(f"generate-{slug(spec.label)}", settings, work,
+                     {"seeds": seeds, "generator": generator, "recognizer": recognizer})
+
+
+def stage_judge(cfg: ExperimentConfig, cache: StageCache, recognizer: str,
+                datasets: dict[str, str], test_bin: str) -> StageResult:
+    """Mated / non-mated similarity distributions of every training set under one judge (the
+    real-data FR model), each compared to the real set."""
+    from cemiray.apps.evaluate import EvaluateConfig, run
+
+    real = datasets[REAL]
+    settings = {"datasets": datasets}
+
+    def work(out: str) -> dict:
+        run(EvaluateConfig(out=out, model=recognizer, verification=[test_bin],
+                           datasets=list(datasets.values()), reference=real, ray=cfg.ray))
+        return {"report": storage.join(out, "report.json")}
+
+    inputs = {"recognizer": recognizer, **{f"set-{slug(k)}": _data_path(v)
+                                           for k, v in datasets.items() if k != REAL}}
+    return cache.run("judge", settings, work, inputs)
+
+
+def _data_path(uri: str) -> str:
+    return uri.split(":", 1)[1] if uri.startswith("parquet:") else uri
+
+
+def slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
+    return keep.strip("_") or "set"
+
+
+def run(cfg: ExperimentConfig) -> dict:
+    from cemiray.apps.experiment.results import collect_results
+    from cemiray.runtime.cluster import init_ray
+
+    cfg = cfg.model_copy(update={"out": storage.absolute(cfg.out),
+                                 "recognizer": storage.absolute(cfg.recognizer),
+                                 "generator": storage.absolute(cfg.generator)})
+    t0 = time.perf_counter()
+    storage.makedirs(cfg.out)
+    cfg.save(cfg.out)
+    init_ray(cfg.ray)
+    cache = StageCache(storage.join(cfg.out, "stages"))
+
+    test_bin = stage_test_bin(cfg, cache).result["bin"]
+    real_split = toyfaces(cfg, 0, cfg.recognizer_identities, cfg.recognizer_samples)
+    recognizer = cfg.recognizer
+    if recognizer is None:
+        recognizer = stage_train_fr(cfg, cache, "e_id", real_split, test_bin,
+                                    epochs=cfg.recognizer_epochs).result["backbone"]
+    generator = cfg.generator
+    if generator is None:
+        generator = stage_generator(cfg, cache, recognizer, real_split).result["generator"]
+    seeds = stage_seeds(cfg, cache, recognizer)
+
+    datasets: dict[str, str] = {}
+    generated: dict[str, StageResult] = {}
+    for spec in cfg.sets:
+        generated[spec.label] = stage_generate(cfg, cache, spec, seeds.result["table"],
+                                               generator, recognizer)
+        datasets[spec.label] = "parquet:" + generated[spec.label].result["parquet"]
+    datasets[REAL] = toyfaces(cfg, 0, cfg.identities, cfg.samples_per_identity)
+
+    trained: dict[str, StageResult] = {}
+    if cfg.real_baseline:
+        trained[REAL] = stage_train_fr(cfg, cache, REAL, datasets[REAL], test_bin)
+    for spec in cfg.sets:
+        trained[spec.label] = stage_train_fr(
+            cfg, cache, spec.label, datasets[spec.label], test_bin,
+            inputs={"data": generated[spec.label].result["parquet"]})
+    judge = stage_judge(cfg, cache, recognizer, datasets, test_bin)
+
+    results = collect_results(cfg, cache, trained=trained, generated=generated,
+                              datasets=datasets, seeds=seeds,
+                              judge=judge, recognizer=recognizer, generator=generator,
+                              wall_seconds=time.perf_counter() - t0)
+    storage.atomic_write_text(storage.join(cfg.out, "results.json"),
+                              json.dumps(results, indent=2, default=str) + "\n")
+    summary = {"out": cfg.out, "results": storage.join(cfg.out, "results.json"),
+               "table": results["training_sets"]}
+    if cfg.report:
+        from cemiray.apps.report.html import write_report
+
+        summary["report"] = write_report(results, storage.join(cfg.out, "report"))
+        if cfg.screenshot:
+            from cemiray.apps.report.browser import render_in_chromium
+
+            shot = render_in_chromium(summary["report"],
+                                      storage.join(cfg.out, "report", "screenshot.png"))
+            summary["screenshot"] = shot
+    print_table(results["training_sets"])
+    if "report" in summary:
+        print(f"report: {summary['report']}")
+    if "screenshot" in summary:
+        shot = summary["screenshot"]
+        print(f"report in Chromium: {shot['images_loaded']}/{shot['images_total']} images "
+              f"loaded → {shot['screenshot']}")
+    return summary
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'training set':<22}{'images':>8}  {'accuracy':>16}")
+    for row in rows:
+        acc = row.get("accuracy")
+        text = "-" if acc is None else f"{100 * acc:6.2f} ± {100 * (row.get('accuracy_std') or 0):.2f}%"
+        print(f"{row['name']:<22}{row.get('images') or 0:>8}  {text:>16}")
+

@@ -1,1 +1,0 @@
-"""The CemiFace loop as one cached, resumable job (see cemiray.experiment.loop)."""

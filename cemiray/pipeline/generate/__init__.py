@@ -1,0 +1,1 @@
+"""Ray Data generation: the shard plan, the sampler actors, the job, the dataset card."""

@@ -1,0 +1,156 @@
+"""The sampler of the generation job: a Ray Data actor holding the CemiFace generator, the
+conditioning recogniser and the optional judge, loaded once per actor.
+
+It takes chunk rows (see shard_plan.work_items: a few whole identities with every image's target
+m, seed and variation) and yields raw uint8 images with their measured similarity, one
+micro-batch of at most `images_per_call` images at a time, so the fan-out from a chunk to its
+images leaves the actor in small blocks. Scoring (and the closed loop, which re-samples images
+off target) runs here, next to the images; PNG encoding does not (see `encode_pngs`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+
+class HashMismatchError(RuntimeError):
+    """A model changed on storage after the job hashed it: the rows would lie about lineage."""
+
+
+class SamplerActor:
+    """Callable class for `Dataset.map_batches(compute=ActorPoolStrategy(...))`."""
+
+    def __init__(
+        self,
+        generator: str,
+        recognizer: str,
+        hashes: dict[str, str],
+        judge: str | None = None,
+        use_gpu: bool = False,
+        steps: int = 20,
+        scheduler: str = "ddim",
+        images_per_call: int = 64,
+        closed_loop: dict[str, Any] | None = None,
+        guidance_scale: float = 1.0,
+        guidance_m: float = 0.0,
+    ) -> None:
+        from cemiray.diffusion.pipeline import load_pipeline
+        from cemiray.models.recognizer import load_recognizer
+        from cemiray.pipeline.generate.shard_plan import content_hash
+
+        self.device = "cuda" if use_gpu else "cpu"
+        actual = content_hash(generator)
+        if actual != hashes["generator"]:
+            raise HashMismatchError(f"{generator}: generator content changed since the job "
+                                    f"started (sha256 {actual[:12]}, expected "
+                                    f"{hashes['generator'][:12]})")
+        pipe = load_pipeline(generator).to(self.device)
+        pipe.unet.eval()
+        pipe.condition_encoder.eval()
+        self.pipe = pipe
+        self.recognizer = self._load(load_recognizer, recognizer, hashes["recognizer"])
+        self.judge = self._load(load_recognizer, judge, hashes["judge"]) if judge else None
+        self.steps, self.scheduler = int(steps), scheduler
+        self.images_per_call = int(images_per_call)
+        self.closed_loop = closed_loop
+        self.guidance = {"guidance_scale": float(guidance_scale), "guidance_m": float(guidance_m)}
+        self.pid = os.getpid()
+
+    def _load(self, load_recognizer: Any, uri: str, expected: str) -> Any:
+        model = load_recognizer(uri, self.device)
+        if model.content_hash != expected:
+            raise HashMismatchError(f"{uri}: recogniser content changed since the job started "
+                                    f"(sha256 {model.content_hash[:12]}, expected "
+                                    f"{expected[:12]})")
+        return model
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(batch["shard"])):
+            yield from self.generate_chunk({key: values[i] for key, values in batch.items()})
+
+    def generate_chunk(self, item: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+        """Images of one chunk, in fixed micro-batches (the same for every run and retry)."""
+        import torch
+
+        labels = np.asarray(item["labels"], dtype=np.int64)
+        embeddings = np.asarray(np.stack(list(item["embeddings"])), dtype=np.float32)
+        position = np.asarray(item["image_identity"], dtype=np.int64)
+        samples = np.asarray(item["samples"], dtype=np.int64)
+        targets = np.asarray(item["targets"], dtype=np.float64)
+        seeds = np.asarray(item["seeds"], dtype=np.int64)
+        variation = item.get("variation")
+        if variation is not None:
+            variation = np.asarray(np.stack(list(variation)), dtype=np.float32)
+        inquiry = self._judge_inquiry(item) if self.judge is not None else None
+        for start in range(0, len(position), self.images_per_call):
+            part = slice(start, start + self.images_per_call)
+            out = self._sample(torch.from_numpy(embeddings[position[part]]), targets[part],
+                               seeds[part].tolist(),
+                               None if variation is None else variation[part].copy())
+            n = len(out["images"])
+            rows = {
+                "shard": np.full(n, int(item["shard"]), dtype=np.int64),
+                "label": labels[position[part]],
+                "sample": samples[part],
+                "pixels": out["images"],
+                "target_m": targets[part],
+                "similarity": out["similarity"],
+                "seed": out["seeds"],
+                "tries": out["tries"],
+                "worker_pid": np.full(n, self.pid, dtype=np.int64),
+            }
+            if "within_tolerance" in out:
+                rows["within_tolerance"] = out["within_tolerance"]
+            if variation is not None:
+                rows["variation"] = variation[part]
+            if inquiry is not None:
+                judged = self.judge.embed(out["images"])
+                rows["judge_similarity"] = np.sum(judged * inquiry[position[part]], axis=1,
+                                                  dtype=np.float64)
+            yield rows
+
+    def _sample(self, ids: Any, targets: np.ndarray, seeds: list[int],
+                variation: np.ndarray | None) -> dict[str, np.ndarray]:
+        import torch
+
+        from cemiray.diffusion.closed_loop import closed_loop_generate
+
+        m = torch.as_tensor(targets, dtype=torch.float32)
+        common = {"num_inference_steps": self.steps, "scheduler": self.scheduler,
+                  "output_type": "np", "device": self.device, **self.guidance}
+        var = None if variation is None else torch.from_numpy(variation)
+        if self.closed_loop:
+            out = closed_loop_generate(self.pipe, ids, m, seeds, recognizer=self.recognizer,
+                                       tolerance=self.closed_loop["tolerance"],
+                                       max_tries=self.closed_loop["max_tries"], variation=var,
+                                       **common)
+            return {"images": out.images, "similarity": out.similarity.astype(np.float64),
+                    "seeds": out.seeds.astype(np.int64), "tries": out.tries.astype(np.int64),
+                    "within_tolerance": out.within_tolerance.astype(bool)}
+        out = self.pipe(ids, m, seeds, variation=var, recognizer=self.recognizer, **common)
+        return {"images": out.images, "similarity": out.similarity.astype(np.float64),
+                "seeds": np.asarray(seeds, dtype=np.int64),
+                "tries": np.ones(len(seeds), dtype=np.int64)}
+
+    def _judge_inquiry(self, item: dict[str, Any]) -> np.ndarray:
+        """Judge embeddings of the chunk's inquiry images, one row per identity."""
+        from cemiray.data.images import decode_image
+
+        rows = []
+        for label, data in zip(item["labels"], item["inquiry"], strict=True):
+            image = decode_image(bytes(data), where=f"seed table row {int(label)} inquiry image")
+            rows.append(self.judge.embed(image[None]))
+        return np.concatenate(rows)
+
+
+def encode_pngs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The CPU stage after the sampler: raw pixels → lossless PNG bytes (Ray tasks)."""
+    from cemiray.data.images import encode_png
+
+    out = {key: value for key, value in batch.items() if key != "pixels"}
+    out["image"] = np.array([encode_png(np.asarray(p)) for p in batch["pixels"]], dtype=object)
+    return out

@@ -1,0 +1,1 @@
+"""Identity seeds: sources, filters and quotas, and the seed table they write."""

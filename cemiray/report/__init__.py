@@ -1,8 +1,0 @@
-"""The experiment's HTML report: figures (matplotlib PNGs), the page and its report.json, and a
-headless-Chromium check that the page renders its images."""
-
-from cemiray.report.browser import ChromiumError, render_in_chromium
-from cemiray.report.figures import ResultsError
-from cemiray.report.html import write_report
-
-__all__ = ["ChromiumError", "ResultsError", "render_in_chromium", "write_report"]

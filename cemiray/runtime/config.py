@@ -1,0 +1,125 @@
+"""Typed job configs: one pydantic model per job, loaded from YAML, overridden from the command
+line with `key=value` (dotted keys reach nested models), printed resolved with `--dry-run`, and
+saved as JSON beside every output."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from cemiray.data import storage
+
+C = TypeVar("C", bound="JobConfig")
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key or file."""
+
+
+class JobConfig(BaseModel):
+    """Base of every job config: unknown keys are errors, so a misspelt override never passes."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+    def save(self, folder_url: str, name: str = "config.json") -> str:
+        url = storage.join(folder_url, name)
+        storage.atomic_write_text(url, self.to_json() + "\n")
+        return url
+
+
+def parse_value(text: str) -> Any:
+    """A CLI value as YAML does it: `3` → int, `0.5` → float, `true` → bool, `[1, 2]` → list."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict, dotted_key: str, value: Any) -> None:
+    keys = dotted_key.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted_key!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def with_section_defaults(cls: type[BaseModel], data: dict) -> dict:
+    """Fill a partly given section from the section's own default: a job whose default is, say,
+    one DeepSpeed worker keeps it when only `distributed.torch_threads=1` is given, instead of
+    falling back to the section class's plain defaults. Only sections typed as one model class
+    are filled (a union such as a schedule keeps exactly what was given)."""
+    out = dict(data)
+    for name, field in cls.model_fields.items():
+        given, kind = out.get(name), field.annotation
+        if not (isinstance(given, dict) and isinstance(kind, type) and issubclass(kind, BaseModel)):
+            continue
+        default = field.get_default(call_default_factory=True)
+        if not isinstance(default, kind):
+            continue
+        base = default.model_dump(mode="python", exclude_unset=True)
+        out[name] = _merge(base, with_section_defaults(kind, given))
+    return out
+
+
+def _merge(base: Any, given: Any) -> Any:
+    if isinstance(base, dict) and isinstance(given, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in given.items()}}
+    return given
+
+
+def load_config(cls: type[C], path: str | None = None, overrides: list[str] | None = None) -> C:
+    """Build `cls` from an optional YAML file, then `key=value` overrides, then validate."""
+    data: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(storage.read_text(path)) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file must hold a mapping, not {type(data).__name__}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, _, value = item.partition("=")
+        apply_override(data, key.strip(), parse_value(value))
+    try:
+        return cls.model_validate(with_section_defaults(cls, data))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "<config>"
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError(f"invalid {cls.__name__}:\n" + "\n".join(lines)) from None
+
+
+class RayConfig(BaseModel):
+    """How a job reaches Ray: `address=None` starts an in-process local cluster (or joins the one
+    `ray job submit` runs it in, via RAY_ADDRESS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = None
+    num_cpus: int | None = None
+    object_store_mb: int | None = 512
+    log_to_driver: bool = False
+
+
+class WorldConfig(BaseModel):
+    """The ToyFaces world: its seed, image size and nuisance difficulty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    size: int = 32
+    difficulty: float = 1.0
