@@ -142,10 +142,10 @@ def toyfaces_holdout(cfg: AnalyzeCentresConfig, url: str) -> dict:
 def check_inputs(cfg: AnalyzeCentresConfig):
     """Open the model, the centres and the .bin before any Ray work, so a missing or malformed
     file fails at once with its name. Returns (recogniser, centres or None)."""
-    from cemiray.apps.evaluate import check_folds
     from cemiray.data.sources import parse_source
     from cemiray.data.verification_bin import load_bin
     from cemiray.eval.centre_groups import CentreError, load_centres
+    from cemiray.eval.verification import check_folds
     from cemiray.models.recognizer import load_recognizer
 
     source = parse_source(cfg.data)
@@ -166,7 +166,7 @@ def check_inputs(cfg: AnalyzeCentresConfig):
     if cfg.verification is not None:
         if not storage.exists(cfg.verification):
             raise FileNotFoundError(f"{cfg.verification}: verification .bin not found")
-        check_folds(cfg.verification, load_bin(cfg.verification)[1], 10)
+        check_folds(load_bin(cfg.verification)[1], 10, where=cfg.verification)
     return recognizer, centres
 
 

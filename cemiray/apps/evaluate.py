@@ -94,24 +94,12 @@ def set_names(entries: list[str], kinds: list[str]) -> list[str]:
     return names
 
 
-def check_folds(url: str, issame: list[bool], nfolds: int) -> None:
-    """Every fold of the protocol must hold both genuine and impostor pairs (VAL / FAR)."""
-    from cemiray.eval.verification import kfold_splits
-
-    if len(issame) < nfolds:
-        raise ValueError(f"{url}: {len(issame)} pairs, fewer than nfolds={nfolds}")
-    same = np.asarray(issame, dtype=bool)
-    for k, (_, test) in enumerate(kfold_splits(len(same), nfolds)):
-        if same[test].all() or not same[test].any():
-            raise ValueError(f"{url}: fold {k} of {nfolds} (pairs {test[0]}-{test[-1]}) holds "
-                             "only one kind of pair; VAL at FAR needs both")
-
-
 def check_inputs(cfg: EvaluateConfig) -> tuple[Any, list[dict]]:
     """Open the model and every set before any Ray work, so a missing or malformed file fails
     at once with its name. Returns the recogniser and one plan entry per set."""
     from cemiray.data.sources import parse_source
     from cemiray.data.verification_bin import load_bin
+    from cemiray.eval.verification import check_folds
     from cemiray.models.recognizer import load_recognizer
 
     datasets = list(cfg.datasets)
@@ -126,7 +114,7 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[Any, list[dict]]:
         if not storage.exists(url):
             raise FileNotFoundError(f"{url}: verification .bin not found")
         _, issame = load_bin(url)
-        check_folds(url, issame, cfg.nfolds)
+        check_folds(issame, cfg.nfolds, where=url)
         plan.append({"kind": "bin", "uri": BIN_PREFIX + url, "entry": entry, "flip": True,
                      "issame": issame})
     for uri in datasets:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cemiray.data import pixels
 from cemiray.diffusion.presets import PAIRINGS
 from cemiray.diffusion.similarity_loss import (
     IdentityEncoder,
@@ -72,8 +73,8 @@ class PairBank:
         return sum(t.numel() * t.element_size() for t in parts)
 
     def pixels(self, index: Tensor, device: torch.device | str = "cpu") -> Tensor:
-        """Images `index` as float N×3×H×W in [−1, 1] ((x/255 − 0.5)/0.5) on `device`."""
-        return self.images[index].to(device).float().div_(127.5).sub_(1.0)
+        """Images `index` as float N×3×H×W in [−1, 1] (cemiray.data.pixels) on `device`."""
+        return pixels.normalize(self.images[index].to(device))
 
 
 def embed_images(
@@ -87,7 +88,7 @@ def embed_images(
     out = []
     with torch.no_grad():
         for chunk in images.split(batch_size):
-            x = chunk.to(device).float().div_(127.5).sub_(1.0)
+            x = pixels.normalize(chunk.to(device))
             out.append(torch.nn.functional.normalize(encode(x).float(), dim=1).cpu())
     return torch.cat(out)
 

@@ -35,7 +35,7 @@ from diffusers import (
 )
 from torch import Tensor
 
-from cemiray.data import storage
+from cemiray.data import pixels, storage
 from cemiray.diffusion.condition_encoder import CemiConditionEncoder
 from cemiray.diffusion.similarity_loss import IdentityEncoder, as_identity_encoder
 
@@ -175,8 +175,7 @@ class CemiFacePipeline(DiffusionPipeline):
             achieved = (embedded * ids).sum(dim=1).cpu().numpy()
         if output_type == "pt":
             return CemiFaceOutput(images=x.cpu(), similarity=achieved)
-        images = ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return CemiFaceOutput(images=images.permute(0, 2, 3, 1).cpu().numpy(), similarity=achieved)
+        return CemiFaceOutput(images=pixels.to_numpy(x), similarity=achieved)
 
     def _check_device(self, device: torch.device | str | None) -> torch.device:
         here = self.unet.device
@@ -334,7 +333,7 @@ def identity_embeddings_from_images(
             raise ValueError(
                 f"images: expected uint8 N×H×W×3, got {images.dtype} {tuple(images.shape)}"
             )
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = pixels.from_numpy(images)
     elif isinstance(images, Tensor):
         if not images.is_floating_point() or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from cemiray.data import storage
+from cemiray.data import pixels, storage
 
 MARKER_NAME = "unconditional.json"
 SAMPLERS = ("ddim", "ddpm")
@@ -191,8 +191,7 @@ def sample_unconditional(gen: UnconditionalGenerator, seeds: Sequence[int], step
         for t in schedule.timesteps:
             eps = unet(x.to(device), t.to(device)).sample.float().cpu()
             x = schedule.step(eps, t, x, generator=generators).prev_sample
-    images = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).numpy()
+    return pixels.to_numpy(x)
 
 
 def _copy_tree_to(local_root: str, url: str, last: str) -> None:

@@ -14,12 +14,14 @@ of the training folds is interpolated linearly at the target FAR, as their
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from cemiray.models.recognizer import Recognizer
+from cemiray.data import pixels
+from cemiray.models.recognizer import Recognizer, check_uint8_images
 
 ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -114,12 +116,15 @@ def check_folds(issame: Any, nfolds: int = 10, where: str = "verification pairs"
     """Every fold of the protocol needs same and different pairs on both of its sides, or VAL at
     a FAR cannot be measured: say so before any compute rather than after a training run."""
     same = np.asarray(issame).astype(bool)
+    if len(same) < max(nfolds, 2):
+        raise ValueError(f"{where}: {len(same)} pairs, fewer than nfolds={nfolds}")
     for k, (train, test) in enumerate(kfold_splits(len(same), nfolds)):
         for side, rows in (("test", test), ("train", train)):
             n_same = int(same[rows].sum())
             if n_same == 0 or n_same == len(rows):
                 raise ValueError(
-                    f"{where}: fold {k} {side} side has {n_same} same of {len(rows)} pairs; the "
+                    f"{where}: fold {k} of {nfolds}, {side} side, has {n_same} same of "
+                    f"{len(rows)} pairs; the "
                     f"{nfolds}-fold protocol needs both kinds in every fold (use more pairs, "
                     f"interleaved)")
 
@@ -171,6 +176,12 @@ def evaluate_pairs(
     }
 
 
+def flip_sum(features: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The protocol's test-time flip: raw features of each N×3×H×W image plus those of its
+    horizontal mirror image (normalise afterwards)."""
+    return features(x) + features(torch.flip(x, dims=[3]))
+
+
 def embed_with_flip(recognizer: Recognizer, images: np.ndarray | torch.Tensor,
                     batch_size: int = 64) -> np.ndarray:
     """L2-normalised sum of the raw features of each image and of its horizontal flip
@@ -178,11 +189,14 @@ def embed_with_flip(recognizer: Recognizer, images: np.ndarray | torch.Tensor,
     if isinstance(images, np.ndarray):
         if images.ndim != 4:
             raise ValueError(f"images must be N x H x W x 3, got shape {images.shape}")
-        flipped = images[:, :, ::-1, :]
-    else:
-        flipped = torch.flip(images, dims=[3])
-    features = recognizer.embed(images, normalize=False, batch_size=batch_size).astype(np.float64)
-    features += recognizer.embed(flipped, normalize=False, batch_size=batch_size)
+        check_uint8_images(images)
+        images = pixels.from_numpy(images)
+
+    def raw(x: torch.Tensor) -> torch.Tensor:
+        embedded = recognizer.embed(x, normalize=False, batch_size=batch_size)
+        return torch.from_numpy(embedded.astype(np.float64))
+
+    features = flip_sum(raw, images).numpy()
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return features / np.where(norms == 0, 1.0, norms)
 

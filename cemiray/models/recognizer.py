@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
-from cemiray.data import storage
+from cemiray.data import pixels, storage
 from cemiray.models.iresnet import LAYERS, get_backbone
 from cemiray.models.serialization import (
     CONFIG_NAME,
@@ -49,8 +49,7 @@ def check_uint8_images(images: np.ndarray) -> None:
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 RGB N x H x W x 3 -> float32 N x 3 x H x W in [-1, 1]: (x/255 - 0.5)/0.5."""
     check_uint8_images(images)
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return (x / 255.0 - 0.5) / 0.5
+    return pixels.from_numpy(images)
 
 
 def check_normalised_tensor(x: torch.Tensor) -> None:
@@ -226,8 +225,8 @@ class OnnxRecognizer(Recognizer):
         return features
 
     def _features(self, x: torch.Tensor) -> np.ndarray:
-        pixels = (resize_square(x.float().cpu(), self.input_size) + 1.0) * 127.5
-        return np.asarray(self.model.forward(pixels.numpy()), dtype=np.float32)
+        values = pixels.denormalize(resize_square(x.float().cpu(), self.input_size))
+        return np.asarray(self.model.forward(values.numpy()), dtype=np.float32)
 
     def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
         check_normalised_tensor(x)

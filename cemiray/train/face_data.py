@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cemiray.data import pixels
+
 
 def _read_part(row: dict) -> list[dict]:
     from cemiray.data.sources import parse_source
@@ -44,8 +46,7 @@ def decode_batch(images, size: int) -> torch.Tensor:
         if arr.shape[0] != size or arr.shape[1] != size:
             arr = resize(arr, size)
         arrays.append(arr)
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
-    return x.div_(127.5).sub_(1.0)
+    return pixels.from_numpy(np.stack(arrays))
 
 
 def _block_max_label(block) -> int:

@@ -100,19 +100,18 @@ class VerificationProbe:
     """Verification accuracy of the backbone on a `.bin` set (arcface_torch protocol)."""
 
     def __init__(self, url: str, size: int):
+        from cemiray.data import pixels
         from cemiray.data.verification_bin import decode_bin
         from cemiray.eval.verification import check_folds
 
         images, self.issame = decode_bin(url, size)
         check_folds(self.issame, where=url)
-        import torch
-
-        self.x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        self.x = pixels.from_numpy(images)
 
     def __call__(self, backbone, device) -> dict:
         import torch
 
-        from cemiray.eval.verification import evaluate_pairs
+        from cemiray.eval.verification import evaluate_pairs, flip_sum
 
         was_training = backbone.training
         backbone.eval()
@@ -120,7 +119,7 @@ class VerificationProbe:
             embs = []
             for chunk in self.x.split(256):
                 chunk = chunk.to(device)
-                embs.append((backbone(chunk) + backbone(chunk.flip(-1))).float().cpu())
+                embs.append(flip_sum(backbone, chunk).float().cpu())
             emb = torch.nn.functional.normalize(torch.cat(embs), dim=1).numpy()
         backbone.train(was_training)
         result = evaluate_pairs(emb[0::2], emb[1::2], self.issame)
