@@ -57,10 +57,6 @@ JOBS: dict[str, Job] = {
 }
 
 
-def register(name: str, job: Job) -> None:
-    JOBS[name] = job
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cemiray", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="job", metavar="JOB")

@@ -1,42 +1,9 @@
-"""Named sizes of the CemiFace generator (UNet + condition encoder + noise schedule).
+"""Named sizes of the CemiFace generator: UNet, condition encoder and noise schedule per preset.
 
-`paper` follows CemiFace/DCFace: a pixel-space ADM-style UNet at 112×112, base 128 channels,
-channel multipliers (1, 1, 2, 2, 4, 4), one res-block per level, attention only at the 7×7 level
-(plus the 4×4 middle block), timestep injected by adaptive group norm (`scale_shift`).
-Counted with torch's FlopCounterMode it costs ≈ 64.8 GFLOP per image per step (multiply-add = 2).
-
-`tiny` (32×32) and `small` (64×64) exist so that training and sampling run on a CPU. Versus
-`paper` they shrink the image (fewer levels), the widths (32–64 instead of 128–512 channels),
-the condition width (64/128 instead of 512 token channels) and the identity MLP, and they use
-8 norm groups instead of 32 because their layers are narrow. As in `paper`, attention sits only
-at the coarsest grids (8×8 and the middle block): on a CPU, attention at the full 32×32 grid
-costs ~4× a whole forward without it (docs/STACK.md). Per image and step: tiny ≈ 0.53 GFLOP
-(1.5M UNet parameters), small ≈ 3.1 GFLOP (5.7M), paper ≈ 64.8 GFLOP (100M).
-What they keep: the same block kinds, the same conditioning routes
-(cross-attention tokens + pooled vector added to the timestep embedding), the same schedule
-(T = 1000, linear betas) and the same loss.
-
-The training recipe differs. `paper` keeps CemiFace's: target image = inquiry image, m drawn
-uniformly from the grid (`pairing="self"`), ε-prediction. `tiny` and `small` train
-pair-supervised (`pairing="identity"`, cemiray.diffusion.pairing: the target is the inquiry
-itself, another image of its identity or another identity's image, and m is their measured
-similarity) with v-prediction, because on a CPU budget the paper's recipe learns no control: a
-first tiny run (1,335 steps × 48) gave achieved similarity 0.07–0.24 for every m (Spearman
-−0.27). Measured on a CPU proxy (16 px, 2-level UNet of 0.27M parameters, 100 ToyFaces
-identities × 20, a small CNN trained 3 min as E_id, AdamW lr 1e-3, batch 32, λ = 0.05 unless
-said), sampled with DDIM-10 for 24 new identities × m ∈ {−0.2, 0, …, 1}, Spearman(m, achieved):
-
-| after 600 steps (19K images)  | ε-prediction | v-prediction |
-|---|---|---|
-| self (paper)                  | 0.03         | 0.09 (flat at 0.61–0.72: identity kept, m ignored) |
-| identity                      | 0.13 (samples still noise) | 0.58 (0.03 → 0.62) |
-| identity, λ = 0 (MSE only)    | —            | 0.28 |
-
-identity + v-prediction after 1,500 steps (48K images): Spearman 0.82, achieved −0.14, 0.03,
-0.25, 0.48, 0.65, 0.81, 0.80 for m = −0.2 … 1. With the paper's objective the m-term moves only
-the high-t prediction (its one-step x̂0 at t = T−1 follows m: Spearman 0.87) and later steps
-undo it; pairing makes m change the denoising target itself, v-prediction keeps x̂0 (which the
-SimMat term scores) well-defined at high t, and SimMat doubles the control reached by MSE alone.
+`paper` is CemiFace's 112 px ADM-style UNet (attention only at the coarsest grids, adaptive
+group norm, ε-prediction, self-target recipe); `tiny` (32 px) and `small` (64 px) keep its block
+kinds and conditioning routes at CPU size and train pair-supervised with v-prediction.
+Why, with the measurements: docs/experiments/generator-recipe.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CemiFace's training objective (docs/METHOD.md §1), kept apart from the networks.
+"""CemiFace's training objective (MSE + the SimMat similarity term), kept apart from the networks.
 
     L = L_MSE(ε̂, ε) + λ·L_SimMat
     x̂0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t, clipped to [−1, 1]

@@ -1,5 +1,6 @@
-"""An unconditional pixel-space DDPM face generator: the source of identity seeds that belong to
-no real person (DCFace sampled 200K faces from an FFHQ DDPM and filtered them).
+"""An unconditional pixel-space DDPM face generator: a source of identity seeds of no real person.
+
+DCFace sampled 200K faces from an FFHQ DDPM and filtered them; this is the same idea.
 
 A diffusers `UNet2DModel` predicts the noise ε; the schedule is DDPM's (T = 1000, linear betas).
 Sampling runs DDIM (deterministic, few steps) or ancestral DDPM. Every image draws its noise from
@@ -9,7 +10,8 @@ batch it was sampled in (up to float rounding between batch sizes, see diffusion
 A generator is saved as a folder: `unet/` (save_pretrained), `scheduler/` (the DDPM schedule's
 config) and `unconditional.json`, written last, so a folder that has it is complete.
 Presets follow diffusion/presets.py: attention only at the coarsest grid and the middle block,
-because attention at 32×32 costs several whole forwards on a CPU (docs/STACK.md).
+because attention at 32×32 costs several whole forwards on a CPU
+(docs/experiments/generator-recipe.md).
 """
 
 from __future__ import annotations

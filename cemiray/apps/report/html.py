@@ -6,98 +6,18 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from html import escape
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
 from cemiray.apps.report import figures as fig
+from cemiray.apps.report import markup as mk
 from cemiray.apps.report.figures import ResultsError
+from cemiray.apps.report.markup import fmt, fmt_percent
 from cemiray.data import storage
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-STYLE = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:0 auto;padding:1em 2em;
-color:#222;background:#fff}
-header{border-bottom:2px solid #345;margin-bottom:1em}
-header p{color:#555;margin:.2em 0 .8em}
-h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#eef1f5}
-td.text,th.text{text-align:left}
-figure{margin:1em 0}
-figure img{max-width:100%;border:1px solid #ddd}
-figcaption{color:#555;font-size:.9em}
-pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
-.warn{color:#a00;font-weight:bold}
-code{font-size:.9em}
-"""
-
-# Counts the <img> elements that decoded (naturalWidth > 0) once everything has loaded, for a
-# headless browser to read back from <body data-images-loaded=... data-images-total=...>.
-IMAGE_CHECK = """
-window.addEventListener("load", function () {
-  var images = document.images, loaded = 0;
-  for (var i = 0; i < images.length; i++) {
-    if (images[i].complete && images[i].naturalWidth > 0) { loaded++; }
-  }
-  document.body.dataset.imagesLoaded = String(loaded);
-  document.body.dataset.imagesTotal = String(images.length);
-});
-"""
-
-
-def _text(value: Any) -> str:
-    return escape(str(value), quote=True)
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    """A number or value as readable, unescaped text ('—' for missing)."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}"
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.{digits}g}"
-    return str(value)
-
-
-def fmt_percent(mean: float | None, std: float | None = None) -> str:
-    """A rate in [0, 1] as '93.00% ± 1.20%'."""
-    if mean is None:
-        return "—"
-    text = f"{100 * mean:.2f}%"
-    return text if std is None else f"{text} ± {100 * std:.2f}%"
-
-
-def _fmt_m(m: list[float] | None) -> str:
-    if m is None:
-        return "—"
-    return f"{m[0]:g}" if len(m) == 1 else "{" + ", ".join(f"{v:g}" for v in m) + "}"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: int = 1) -> str:
-    """A table of escaped cells; the first `text_columns` columns left-aligned."""
-    def cell(tag: str, index: int, value: Any) -> str:
-        css = ' class="text"' if index < text_columns else ""
-        return f"<{tag}{css}>{_text(value)}</{tag}>"
-
-    head = "".join(cell("th", i, h) for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>"
-                   for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:40] or "set"
 
 
 class _FigureFolder:
@@ -108,7 +28,7 @@ class _FigureFolder:
         self.entries: list[dict[str, Any]] = []
 
     def _next_file(self, stem: str) -> str:
-        return f"figures/{len(self.entries):02d}_{_slug(stem)}.png"
+        return f"figures/{len(self.entries):02d}_{mk.slug(stem)}.png"
 
     def draw(self, stem: str, section: str, title: str, draw: Callable[..., dict],
              *args: Any, **kwargs: Any) -> str:
@@ -122,7 +42,7 @@ class _FigureFolder:
             content = storage.read_bytes(source)
         except storage.StorageError as exc:
             raise ResultsError(f"{where}: cannot read {source!r} ({exc})") from exc
-        if not content.startswith(PNG_SIGNATURE):
+        if not content.startswith(mk.PNG_SIGNATURE):
             raise ResultsError(f"{where}: {source!r} is not a PNG file")
         file = self._next_file(stem)
         storage.atomic_write_bytes(storage.join(self.out, file), content)
@@ -132,12 +52,12 @@ class _FigureFolder:
 
 
 def _figure_html(file: str, caption: str) -> str:
-    return (f'<figure><img src="{_text(quote(file))}" alt="{_text(caption)}">'
-            f"<figcaption>{_text(caption)}</figcaption></figure>")
+    return (f'<figure><img src="{mk.text(quote(file))}" alt="{mk.text(caption)}">'
+            f"<figcaption>{mk.text(caption)}</figcaption></figure>")
 
 
 def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}"><h2>{_text(title)}</h2>{body}</section>'
+    return f'<section id="{anchor}"><h2>{mk.text(title)}</h2>{body}</section>'
 
 
 def _rows(results: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
@@ -159,7 +79,7 @@ def _accuracy_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
         where = f"training_sets[{i}]"
         tars = row.get("tar_at_far") or {}
         table.append([
-            row["name"], row.get("kind", "—"), _fmt_m(fig.m_values(row, where)),
+            row["name"], row.get("kind", "—"), mk.fmt_m(fig.m_values(row, where)),
             fmt(row.get("images")), fmt(row.get("identities")),
             fmt_percent(fig.number(row, "accuracy", where),
                         fig.number(row, "accuracy_std", where, optional=True)),
@@ -172,7 +92,7 @@ def _accuracy_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
                *[f"TAR @ FAR={k}" for k in far_keys], "EER", "wall time (s)"]
     chart = folder.draw("accuracy", "accuracy", "Verification accuracy per training set "
                         "(mean ± std over the folds)", fig.accuracy_bars, rows)
-    return _section("accuracy", "Verification accuracy", _table(headers, table, 3) + chart)
+    return _section("accuracy", "Verification accuracy", mk.table(headers, table, 3) + chart)
 
 
 def _m_sweep_section(results: Mapping[str, Any], folder: _FigureFolder) -> str | None:
@@ -191,7 +111,7 @@ def _calibration_section(results: Mapping[str, Any], folder: _FigureFolder) -> s
     table = [[fmt(r.get("target"), 3), fmt(r.get("achieved_mean")), fmt(r.get("achieved_std")),
               fmt(r.get("n"))] for r in rows]
     headers = ["target", "achieved mean", "achieved std", "n"]
-    return _section("calibration", "Calibration", _table(headers, table) + chart)
+    return _section("calibration", "Calibration", mk.table(headers, table) + chart)
 
 
 def _grids_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
@@ -245,9 +165,9 @@ def _scores_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
     headers = ["set", "images", "identities", "mated mean ± std", "non-mated mean ± std", "d′",
                "EER", "mated W1", "mated KL", "non-mated W1", "non-mated KL"]
     note = ("<p>Scores: cosine similarity under the judge. Distances (Wasserstein-1, KL of "
-            f"set ‖ {_text(real_name or 'real')}) are to the real set.</p>")
+            f"set ‖ {mk.text(real_name or 'real')}) are to the real set.</p>")
     return _section("scores", "Mated / non-mated score distributions",
-                    note + _table(headers, table) + "".join(charts))
+                    note + mk.table(headers, table) + "".join(charts))
 
 
 def _seed_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
@@ -259,7 +179,7 @@ def _seed_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
              for category, target, achieved in zip(d["categories"], d["target"], d["achieved"],
                                                    strict=True)]
     return _section("seeds", "Seed attributes",
-                    _table(["attribute", "category", "target", "achieved"], table, 2) + chart)
+                    mk.table(["attribute", "category", "target", "achieved"], table, 2) + chart)
 
 
 def _leakage_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
@@ -267,10 +187,10 @@ def _leakage_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
     if not isinstance(leakage, Mapping):
         raise ResultsError("leakage: expected an object")
     flagged = leakage.get("flagged")
-    verdict = (f'<p class="warn">{_text(fmt(flagged))} seeds flagged as too close to a training '
+    verdict = (f'<p class="warn">{mk.text(fmt(flagged))} seeds flagged as too close to a training '
                "identity.</p>" if flagged else "<p>No seed flagged.</p>")
     rows = [[key, fmt(value)] for key, value in leakage.items()]
-    return _section("leakage", "Leakage audit", verdict + _table(["check", "value"], rows))
+    return _section("leakage", "Leakage audit", verdict + mk.table(["check", "value"], rows))
 
 
 def _centres_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
@@ -286,7 +206,7 @@ def _centres_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
                                   fig.number(g, "accuracy_std", where, optional=True)),
                       fmt(g.get("images"))])
     headers = ["group", "mean similarity", "accuracy (mean ± std)", "images"]
-    return _section("centres", "Identity centres", _table(headers, table))
+    return _section("centres", "Identity centres", mk.table(headers, table))
 
 
 def _provenance_part(parent: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -302,10 +222,10 @@ def _provenance_section(results: Mapping[str, Any], folder: _FigureFolder) -> st
         raise ResultsError("provenance: expected an object")
     parts = []
     if provenance.get("commit"):
-        parts.append(f"<p>commit <code>{_text(provenance['commit'])}</code></p>")
+        parts.append(f"<p>commit <code>{mk.text(provenance['commit'])}</code></p>")
     for key, title in (("versions", "Versions"), ("hashes", "Hashes")):
         if provenance.get(key):
-            parts.append(f"<h3>{title}</h3>" + _table(
+            parts.append(f"<h3>{title}</h3>" + mk.table(
                 ["name", "value"], [[k, v] for k, v in _provenance_part(provenance, key).items()]))
     times = provenance.get("wall_times")
     if times:
@@ -313,12 +233,12 @@ def _provenance_section(results: Mapping[str, Any], folder: _FigureFolder) -> st
         rows = [[stage, fmt(fig.number(times, stage, "provenance.wall_times"), 4)]
                 for stage in times]
         rows.append(["total", fmt(sum(float(v) for v in times.values()), 4)])
-        parts.append("<h3>Wall times (s)</h3>" + _table(["stage", "seconds"], rows))
+        parts.append("<h3>Wall times (s)</h3>" + mk.table(["stage", "seconds"], rows))
     for stage, config in (_provenance_part(provenance, "configs") if provenance.get("configs")
                           else {}).items():
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
-        parts.append(f"<details><summary>config: {_text(stage)}</summary>"
-                     f"<pre>{_text(text)}</pre></details>")
+        parts.append(f"<details><summary>config: {mk.text(stage)}</summary>"
+                     f"<pre>{mk.text(text)}</pre></details>")
     return _section("provenance", "Provenance", "".join(parts))
 
 
@@ -354,12 +274,12 @@ def _json_ready(value: Any, where: str) -> Any:
 
 def _header(results: Mapping[str, Any]) -> str:
     created = results.get("created") or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    line = f"created {_text(created)}"
+    line = f"created {mk.text(created)}"
     machine = results.get("machine")
     if isinstance(machine, Mapping) and machine:
         line += " · machine: " + ", ".join(
-            f"{_text(k)} {_text(fmt(v))}" for k, v in machine.items())
-    return f"<header><h1>{_text(results['title'])}</h1><p>{line}</p></header>"
+            f"{mk.text(k)} {mk.text(fmt(v))}" for k, v in machine.items())
+    return f"<header><h1>{mk.text(results['title'])}</h1><p>{line}</p></header>"
 
 
 def _check_required(results: Mapping[str, Any]) -> None:
@@ -389,9 +309,9 @@ def write_report(results: dict, out: str) -> str:
                 sections.append(html)
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_text(results['title'])}</title><style>{STYLE}</style></head>\n<body>"
+        f"<title>{mk.text(results['title'])}</title><style>{mk.STYLE}</style></head>\n<body>"
         + _header(results) + "\n".join(sections)
-        + f"<script>{IMAGE_CHECK}</script></body></html>\n"
+        + f"<script>{mk.IMAGE_CHECK}</script></body></html>\n"
     )
     document = {"results": ready, "figures": _json_ready(folder.entries, "figures")}
     storage.atomic_write_text(storage.join(out, "report.json"),
