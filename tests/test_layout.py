@@ -132,3 +132,19 @@ def test_no_class_defined_inside_a_function() -> None:
                 found += [f"{path}:{inner.lineno} {inner.name} in {node.name}()"
                           for inner in ast.walk(node) if isinstance(inner, ast.ClassDef)]
     assert not found, "classes defined inside functions:\n" + "\n".join(found)
+
+
+def readme_layout() -> list[str]:
+    text = (ROOT.parent / "README.md").read_text()
+    section = text[text.index("## Layout"):]
+    return [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_readme_layout_lists_every_folder_and_only_real_ones() -> None:
+    listed = readme_layout()
+    missing = [p for p in listed if not (ROOT.parent / p).exists()]
+    assert not missing, f"README's Layout names paths that do not exist: {missing}"
+    folders = {f"{p.parent.relative_to(ROOT.parent)}/" for p in ROOT.rglob("__init__.py")
+               if "assets" not in p.parent.relative_to(ROOT).parts[1:]}
+    unlisted = sorted(folders - set(listed) - {"cemiray/"})
+    assert not unlisted, f"README's Layout does not list {unlisted}"
