@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cemiray.bench.render import benchmark_render
 from cemiray.data.toyfaces import (
     ToyFacesSplit,
     ToyFacesWorld,
-    benchmark_render,
     verification_pairs,
 )
 

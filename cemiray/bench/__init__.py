@@ -1,8 +1,10 @@
-"""Performance benchmarks: each one a job whose figures are ratios measured within one run
-(alternating repeats, median of the per-repeat ratios), never absolute times held against a
-constant, so they mean the same on a loaded laptop and on a cluster node.
+"""Every benchmark's code: each figure is a ratio or a rate measured within one run, written as
+JSON with the machine it ran on (`common.py`); `jobs/` holds thin entry points.
 
-- `bench-unet` (cemiray.bench.unet_flops): UNet FLOP/s ÷ measured GEMM FLOP/s per preset;
-- `bench-generate` (cemiray.bench.generate): Ray Data `generate` img/s ÷ a bare sampler loop;
-- `bench-serve` (cemiray.bench.serve): HTTP embedding img/s ÷ in-process batched img/s.
+- `bench-unet` (unet_flops): UNet FLOP/s ÷ measured GEMM FLOP/s per preset;
+- `bench-generate` (generate): Ray Data `generate` img/s ÷ a bare sampler loop;
+- `bench-serve` (serve): HTTP embedding img/s ÷ in-process batched img/s;
+- `bench-fr` (fr): Ray Train + DeepSpeed ÷ a plain loop, ToyFaces calibration, ORL scores;
+- `jobs/bench_render.py` (render), `jobs/bench_seeds.py` (seeds), `jobs/bench_generator.py`
+  (generator): ToyFaces rendering speed, seed filtering at scale, the generator's control.
 """
