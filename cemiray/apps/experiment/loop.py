@@ -33,10 +33,6 @@ def new_identities(cfg: ExperimentConfig, count: int) -> str:
     return toyfaces(cfg, first, count, 1)
 
 
-def _ray(cfg: ExperimentConfig) -> dict:
-    return cfg.ray.model_dump(mode="json")
-
-
 def stage_test_bin(cfg: ExperimentConfig, cache: StageCache) -> StageResult:
     from cemiray.pipeline.render import RenderConfig, run
 
