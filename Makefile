@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install quickstart test lint clean
+.PHONY: install quickstart test lint clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(VENV)/bin/cemiray quickstart $(if $(FROM_SCRATCH),from_scratch=true) $(ARGS)
 
-test: $(STAMP)
+# The report test renders pages in headless Chromium (Debian's package; needs root or sudo).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP)
