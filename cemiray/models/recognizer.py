@@ -104,6 +104,12 @@ class Recognizer(ABC):
     def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Unit embeddings (N x dim) of a float N x 3 x H x W tensor in [-1, 1]."""
 
+    @staticmethod
+    def to_similarity(cosine: np.ndarray) -> np.ndarray:
+        """The similarity reports show for a cosine of unit embeddings: the cosine itself, except
+        for recognisers whose own scale differs (dlib's distances)."""
+        return np.asarray(cosine, dtype=np.float64)
+
 
 class TorchRecognizer(Recognizer):
     """An IResNet (or any module mapping N x 3 x S x S in [-1, 1] to N x D) with frozen weights,
@@ -247,7 +253,12 @@ def load_recognizer(uri: str, device: str | torch.device = "cpu", arch: str | No
                     **backbone_options: Any) -> Recognizer:
     """A recogniser from a cemiray model folder, an arcface_torch `.pth` state dict (needs an
     architecture: `?arch=iresnet50` in the URI or `arch=`; `input_size`/`num_features` likewise)
-    or an insightface-compatible `.onnx` file."""
+    an insightface-compatible `.onnx` file, or `dlib` (dlib's ResNet, the optional independent
+    judge for real faces)."""
+    if str(uri) == "dlib":
+        from cemiray.models.dlib_recognizer import DlibRecognizer
+
+        return DlibRecognizer(device)
     try:
         base, query = split_query(str(uri))
     except ValueError as exc:
