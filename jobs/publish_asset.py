@@ -1,12 +1,12 @@
-"""Publish a trained model as a shipped asset with its model card:
+"""Publish a trained model as a shipped asset with its model card (assets job).
 
     python jobs/publish_asset.py --source runs/assets_fr/fr/backbone --name fr \
         --title "ToyFaces recogniser" --command "cemiray train-fr …" --data "toyfaces:?…" \
         --wall-time "7.5 min" --figures runs/assets_fr/figures.json [--notes "…"]
 
 Copies the folder's config.json and safetensors files into cemiray/assets/toyfaces/NAME and
-writes MODEL_CARD.md (how it was made + the SHA-256 of every file; tests/test_assets.py checks
-that the files still match it). The commit is the repository's HEAD unless given.
+writes MODEL_CARD.md (how it was made, the SHA-256 of every file and the model hash,
+cemiray.models.hashing.model_hash; tests/test_assets.py checks that the files still match it). The commit is the repository's HEAD unless given.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from cemiray.assets import ASSETS
 from cemiray.assets.cards import publish
+from cemiray.models.hashing import model_hash
 
 
 def head_commit() -> str:
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     dest = ASSETS / "toyfaces" / args.name
     hashes = publish(source, dest, args.title, facts)
     size = sum((dest / name).stat().st_size for name in hashes)
-    print(f"published {len(hashes)} files ({size / 2**20:.1f} MiB) → {dest}")
+    print(f"published {len(hashes)} files ({size / 2**20:.1f} MiB), model hash "
+          f"{model_hash(str(dest))} → {dest}")
     return 0
 
 

@@ -1,12 +1,22 @@
 """The shipped ToyFaces models: their files match the SHA-256 listed in their model cards, the
 cards say how they were made, the folders load, and together they stay under 20 MB."""
 
+import hashlib
 import shutil
 
 import pytest
 
 from cemiray.assets import ASSETS, TOYFACES_GENERATOR, TOYFACES_RECOGNIZER
-from cemiray.assets.cards import CARD_NAME, card_hashes, file_hashes, verify
+from cemiray.assets.cards import (
+    CARD_NAME,
+    card_hashes,
+    card_model_hash,
+    file_hashes,
+    publish,
+    render_card,
+    verify,
+)
+from cemiray.models.hashing import hash_lines, model_hash
 
 FOLDERS = sorted(p for p in (ASSETS / "toyfaces").iterdir() if p.is_dir())
 
@@ -22,6 +32,29 @@ def test_asset_files_match_their_card(folder):
     text = (folder / CARD_NAME).read_text()
     for needed in ("**command**", "**commit**", "**data**", "**wall time**", "Measured figures"):
         assert needed in text, f"{folder.name}: card lacks {needed}"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_the_cards_lines_give_the_model_hash(folder):
+    """The model hash of a folder is the SHA-256 of its card's Files lines (as `sha256sum`
+    prints them), so a card names the model as `/v1/models` and the rows it generates do."""
+    listed = card_hashes(folder)
+    text = "".join(f"{listed[name]}  {name}\n" for name in sorted(listed))
+    assert hashlib.sha256(text.encode()).hexdigest() == model_hash(str(folder))
+    assert hash_lines(listed.items()) == model_hash(str(folder))
+    assert card_model_hash(folder) in (None, model_hash(str(folder)))
+
+
+def test_a_published_card_shows_the_model_hash_and_verify_checks_it(tmp_path):
+    dest = tmp_path / "fr"
+    hashes = publish(ASSETS / "toyfaces" / "fr", dest, "copy", {"command": "cp", "commit": "x"})
+    assert hashes == card_hashes(ASSETS / "toyfaces" / "fr")
+    assert card_model_hash(dest) == model_hash(str(dest)) == model_hash(TOYFACES_RECOGNIZER)
+    verify(dest)
+    wrong = render_card("copy", {}, hashes).replace(model_hash(str(dest)), "0" * 64)
+    (dest / CARD_NAME).write_text(wrong)
+    with pytest.raises(ValueError, match="shows model hash 000000000000"):
+        verify(dest)
 
 
 def test_total_size_is_under_20_mb():

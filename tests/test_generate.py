@@ -191,9 +191,8 @@ def test_images_are_a_pure_function_of_the_plan(generated):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the actors (Ray sets OMP_NUM_THREADS=1 for 0.5 CPU)
     try:
-        actor = SamplerActor(cfg.generator, cfg.recognizer, inputs.hashes, judge=cfg.judge,
-                             steps=cfg.steps, images_per_call=cfg.images_per_call,
-                             closed_loop=cfg.closed_loop.model_dump())
+        actor = SamplerActor(cfg.generator, cfg.recognizer, inputs.hashes, cfg.sampling,
+                             judge=cfg.judge, images_per_call=cfg.images_per_call)
         batches = [encode_pngs(b) for b in actor.generate_chunk(item)]
     finally:
         torch.set_num_threads(threads)
@@ -203,6 +202,27 @@ def test_images_are_a_pure_function_of_the_plan(generated):
             row = stored[(int(label), int(batch["sample"][i]))]
             assert batch["image"][i] == row["image"]
             assert batch["similarity"][i] == pytest.approx(row["similarity"], abs=1e-6)
+
+
+@pytest.mark.ray
+def test_the_served_generator_has_the_hash_its_rows_carry(generated):
+    """One model hash: `GET /v1/models` of the app serving this run's generator and recogniser
+    (real HTTP on loopback) names them as the rows `generate` wrote name them."""
+    import requests
+    from serve_helpers import serving
+
+    from cemiray.models.hashing import model_hash
+
+    paths, rows = generated["paths"], generated["rows"]
+    with serving(recognizer=paths["recognizer"], generator=paths["generator"]) as served:
+        response = requests.get(served.url("/v1/models"), headers=served.headers, timeout=60)
+    assert response.status_code == 200, response.text[:300]
+    info = response.json()
+    assert info["generator"]["uri"] == paths["generator"]
+    assert {r["generator_sha256"] for r in rows} == {info["generator"]["content_hash"]}
+    assert {r["recognizer_sha256"] for r in rows} == {info["recognizer"]["content_hash"]}
+    assert info["generator"]["content_hash"] == model_hash(paths["generator"])
+    assert {r["judge_sha256"] for r in rows} == {model_hash(paths["judge"])}
 
 
 @pytest.mark.ray
@@ -232,7 +252,7 @@ def test_variation_conditions_reach_the_generator(tmp_path):
     inputs = prepare_inputs(cfg)
     shard = plan_shards(4, 4)[0]
     item = work_items(shard, inputs.table, 3, cfg.schedule, 0, 4, variation=cfg.variation)[0]
-    actor = SamplerActor(cfg.generator, cfg.recognizer, inputs.hashes, steps=2)
+    actor = SamplerActor(cfg.generator, cfg.recognizer, inputs.hashes, cfg.sampling)
     out = next(actor.generate_chunk(item))
     assert np.array_equal(out["variation"], item["variation"])
     assert out["pixels"].shape == (12, 16, 16, 3) and out["pixels"].dtype == np.uint8
@@ -246,9 +266,10 @@ def test_guided_closed_loop_keeps_each_images_variation_and_records_guidance(tmp
     gives what the guided pipeline gives for each image's own seed and variation, and the
     stored rows name the guidance they were sampled with."""
     from cemiray.diffusion.pipeline import load_pipeline
-    from cemiray.pipeline.generate.job import _shard_rows, prepare_inputs
+    from cemiray.pipeline.generate.job import prepare_inputs
     from cemiray.pipeline.generate.sampler_actor import SamplerActor
     from cemiray.pipeline.generate.shard_plan import work_items
+    from cemiray.pipeline.generate.streaming import shard_rows
 
     paths = make_inputs(tmp_path, 4, {**GEN_16, "num_variation_attrs": 2})
     cfg = GenerateConfig(out=str(tmp_path / "out"), **paths, samples_per_identity=3, steps=2,
@@ -258,9 +279,8 @@ def test_guided_closed_loop_keeps_each_images_variation_and_records_guidance(tmp
     inputs = prepare_inputs(cfg)
     item = work_items(plan_shards(4, 4)[0], inputs.table, 3, cfg.schedule, 0, 4,
                       variation=cfg.variation)[0]
-    actor = SamplerActor(cfg.generator, cfg.recognizer, inputs.hashes, steps=2,
-                         closed_loop=cfg.closed_loop.model_dump(), guidance_scale=2.0,
-                         guidance_m=0.25)
+    actor = SamplerActor(cfg.generator, cfg.recognizer, inputs.hashes, cfg.sampling)
+    assert cfg.sampling.closed_loop.max_tries == 2 and cfg.sampling.guidance_scale == 2.0
     out = next(actor.generate_chunk(item))
     assert out["tries"].tolist() == [1] * 12  # tolerance 2: every first draw is kept
 
@@ -275,8 +295,9 @@ def test_guided_closed_loop_keeps_each_images_variation_and_records_guidance(tmp
 
     rows = [{**{k: v[i] for k, v in out.items() if k != "pixels"}, "image": b"png"}
             for i in range(len(out["label"]))]
-    stored = list(_shard_rows(rows, cfg, inputs))
+    stored = list(shard_rows(rows, cfg, inputs))
     assert {(r["guidance_scale"], r["guidance_m"]) for r in stored} == {(2.0, 0.25)}
     assert all(len(r["variation"]) == 2 for r in stored)
-    unguided = cfg.model_copy(update={"guidance_scale": 1.0})
-    assert all("guidance_scale" not in r for r in _shard_rows(rows, unguided, inputs))
+    unguided = cfg.model_copy(update={
+        "sampling": cfg.sampling.model_copy(update={"guidance_scale": 1.0})})
+    assert all("guidance_scale" not in r for r in shard_rows(rows, unguided, inputs))

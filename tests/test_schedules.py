@@ -120,7 +120,7 @@ def test_other_schedule_mistakes_are_config_errors():
                                            "schedule.kind=uniform", "schedule.low=0"])
     both = GenerateConfig(seeds="s", generator="g", recognizer="r", closed_loop={},
                           variation={"low": [0.0], "high": [1.0]})
-    assert both.closed_loop.max_tries == 4 and both.variation.low == [0.0]
+    assert both.sampling.closed_loop.max_tries == 4 and both.variation.low == [0.0]
     for field, value in (("guidance_scale", -1.0), ("guidance_m", 1.5)):
         with pytest.raises(ValidationError, match=field):
             GenerateConfig(seeds="s", generator="g", recognizer="r", **{field: value})
@@ -198,3 +198,28 @@ def test_plan_check_ignores_execution_fields_and_refuses_real_changes(tmp_path):
         check_plan(out, parquet, plan_fingerprint({**base, "samples_per_identity": 10}, lineage))
     with pytest.raises(OutputConflictError, match="lineage.seeds: 'a' there, 'z' now"):
         check_plan(out, parquet, plan_fingerprint(base, {**lineage, "seeds": "z"}))
+
+
+def test_sampling_keys_flat_or_nested_give_one_spec_and_the_plan_keeps_its_format():
+    """`steps=`, `closed_loop.max_tries=` (the keys users always typed) and `sampling.*` build the
+    same SamplingSpec; the experiment keeps its own defaults under a partial override; the plan
+    names the spec's options at its config's top level, as plan format /1 always did."""
+    from cemiray.apps.experiment.config import ExperimentConfig
+    from cemiray.diffusion.sampling import SamplingSpec
+
+    need = ["seeds=s", "generator=g", "recognizer=r"]
+    flat = load_config(GenerateConfig, None, [*need, "steps=7", "closed_loop.max_tries=3",
+                                              "guidance_scale=2"])
+    nested = load_config(GenerateConfig, None, [*need, "sampling.steps=7",
+                                                "sampling.closed_loop.max_tries=3",
+                                                "sampling.guidance_scale=2"])
+    assert flat.sampling == nested.sampling == SamplingSpec(
+        steps=7, closed_loop={"max_tries": 3}, guidance_scale=2.0)
+    assert flat.sampling.closed_loop.tolerance == 0.05 and flat.sampling.scheduler == "ddim"
+    experiment = load_config(ExperimentConfig, None, ["steps=5"])
+    assert (experiment.sampling.steps, experiment.sampling.scheduler) == (5, "dpmsolver++")
+    plan = plan_fingerprint(json.loads(flat.to_json()), {})["config"]
+    assert "sampling" not in plan and plan["steps"] == 7
+    assert plan["closed_loop"] == {"tolerance": 0.05, "max_tries": 3}
+    with pytest.raises(ConfigError, match="sampling.scheduler"):
+        load_config(GenerateConfig, None, [*need, "scheduler=karras"])

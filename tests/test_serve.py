@@ -41,6 +41,16 @@ def local(served):
     return load_recognizer(served.recognizer_url)
 
 
+def folder_sha256(folder: str) -> str:
+    """The model hash as documented (cemiray.models.hashing), computed here independently: the
+    SHA-256 of `sha256sum`'s lines for every file, in order of relative path."""
+    files = {p.relative_to(folder).as_posix(): p for p in Path(folder).rglob("*") if p.is_file()}
+    assert len(files) >= 2 and "MODEL_CARD.md" not in files
+    lines = "".join(f"{hashlib.sha256(files[rel].read_bytes()).hexdigest()}  {rel}\n"
+                    for rel in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def post(served, path: str, headers: dict | None = None, **kw) -> requests.Response:
     return requests.post(served.url(path), headers=served.headers if headers is None else headers,
                          timeout=TIMEOUT, **kw)
@@ -62,15 +72,9 @@ def test_health_models_and_openapi(served):
     assert ok_json(requests.get(served.url("/healthz"), timeout=TIMEOUT))["status"] == "ok"
     info = ok_json(requests.get(served.url("/v1/models"), headers=served.headers,
                                 timeout=TIMEOUT))
-    weights = Path(served.recognizer_url, "model.safetensors").read_bytes()
-    assert info["recognizer"]["content_hash"] == hashlib.sha256(weights).hexdigest()
+    assert info["recognizer"]["content_hash"] == folder_sha256(served.recognizer_url)
     assert info["recognizer"]["details"]["dim"] == EMBED_DIM
-    lines = "".join(
-        f"{p.relative_to(served.generator_url).as_posix()}\0"
-        f"{hashlib.sha256(p.read_bytes()).hexdigest()}\n"
-        for p in sorted(Path(served.generator_url).rglob("*.safetensors")))
-    assert lines.count("\n") >= 2
-    assert info["generator"]["content_hash"] == hashlib.sha256(lines.encode()).hexdigest()
+    assert info["generator"]["content_hash"] == folder_sha256(served.generator_url)
     assert info["limits"]["max_images_per_request"] == served.cfg.max_images_per_request
 
     schema = ok_json(requests.get(served.url("/openapi.json"), timeout=TIMEOUT))
@@ -96,7 +100,7 @@ def test_embed_json_matches_the_recogniser_run_locally(served, local):
     expected = [local.embed(im[None])[0] for im in (decode_image(PNG1), decode_image(JPEG2),
                                                      aligned)]
     np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
-    assert out["recognizer_hash"] == local.content_hash
+    assert out["recognizer_hash"] == folder_sha256(served.recognizer_url)
 
     eight = {"images": [{"data": b64(encode_png(face_image(s)))} for s in range(8)]}
     assert len(ok_json(post(served, "/v1/embed", json=eight))["embeddings"]) == 8
@@ -142,6 +146,8 @@ def test_generate_reports_the_similarity_the_recogniser_measures(served, local):
     assert [(i["m"], i["seed"], i["tries"]) for i in out["images"]] == [
         (-0.5, 7, 1), (-0.5, 8, 1), (0.5, 9, 1), (0.5, 10, 1)]
     assert out["steps"] == served.cfg.default_steps
+    assert out["generator_hash"] == folder_sha256(served.generator_url)
+    assert out["recognizer_hash"] == folder_sha256(served.recognizer_url)
     unit = identity / np.linalg.norm(identity)
     for item in out["images"]:
         pixels = decoded(item)

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from cemiray.apps.experiment.cache import STAGE_FILE, StageCache, fingerprint
+from cemiray.apps.experiment.cache import STAGE_FILE, StageCache
+from cemiray.models.hashing import model_hash
 
 
 def _model(folder, weights: bytes):
@@ -61,12 +62,23 @@ def test_an_unfinished_attempt_is_discarded_and_redone(tmp_path):
     assert (folder / STAGE_FILE).exists()
 
 
-def test_fingerprint_depends_on_bytes_not_place(tmp_path):
+def test_model_hash_depends_on_bytes_not_place(tmp_path):
+    """The cache names its inputs by the project's one model hash."""
     a = _model(tmp_path / "a", b"w")
     b = tmp_path / "elsewhere" / "b"
     shutil.copytree(a, b)
-    assert fingerprint(a) == fingerprint(str(b))
+    assert model_hash(a) == model_hash(str(b))
     (b / "model.safetensors").write_bytes(b"x")
-    assert fingerprint(a) != fingerprint(str(b))
+    assert model_hash(a) != model_hash(str(b))
+    (b / "model.safetensors").write_bytes(b"w")
+    (b / "MODEL_CARD.md").write_text("# about it")  # a card describes the model, is not it
+    assert model_hash(a) == model_hash(str(b))
+    (b / "config.json").rename(b / "renamed.json")  # names are content too
+    assert model_hash(a) != model_hash(str(b))
     with pytest.raises(FileNotFoundError, match="not found"):
-        fingerprint(str(tmp_path / "missing"))
+        model_hash(str(tmp_path / "missing"))
+    c = tmp_path / "third" / "c"
+    shutil.copytree(a, c)
+    cache = StageCache(str(tmp_path / "stages"), log=lambda _: None)
+    assert cache.key("s", {}, {"model": a}) == cache.key("s", {}, {"model": str(c)})
+    assert cache.key("s", {}, {"model": a}) != cache.key("s", {}, {"model": str(b)})

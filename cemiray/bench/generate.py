@@ -1,4 +1,4 @@
-"""`cemiray bench-generate`: what the Ray Data `generate` pipeline costs over sampling alone.
+"""`cemiray bench-generate` (bench): what the Ray Data `generate` pipeline costs over sampling.
 
 1. Efficiency: img/s of the whole `generate` job (sampler actor pool, PNG encoding tasks, driver
    writing Parquet shards) ÷ img/s of a bare in-process loop calling `CemiFacePipeline` on the
@@ -179,7 +179,7 @@ def generate_config(cfg: BenchGenerateConfig, paths: dict[str, str], workers: in
     return GenerateConfig(
         out=out, seeds=paths["seeds_half" if half else "seeds"], generator=paths["generator"],
         recognizer=paths["recognizer"], samples_per_identity=cfg.samples_per_identity,
-        identities_per_shard=cfg.identities_per_shard, steps=cfg.steps,
+        identities_per_shard=cfg.identities_per_shard, sampling={"steps": cfg.steps},
         images_per_call=cfg.images_per_call, ray=cfg.ray,
         distributed={"num_workers": workers, "min_workers": workers, "initial_workers": workers,
                      "cpus_per_worker": cfg.cpus_per_worker, "use_gpu": cfg.use_gpu})
@@ -240,12 +240,14 @@ class BareLoop:
         self.pipe = load_pipeline(paths["generator"]).to(self.device)
         self.recognizer = load_recognizer(paths["recognizer"], self.device)
         self.calls = micro_batches(gen_cfg, read_seed_table(paths["seeds"]))
-        self.steps, self.scheduler = gen_cfg.steps, gen_cfg.scheduler
+        self.sampling = gen_cfg.sampling
         self.threads = actor_threads(cfg.cpus_per_worker)
 
     def img_per_s(self) -> float:
         """Images after the first micro-batch ÷ time from its end to the end of the last."""
         import torch
+
+        from cemiray.diffusion.closed_loop import sample
 
         if len(self.calls) < 2:
             raise ValueError("bench-generate: the work fits one micro-batch; raise identities or "
@@ -255,11 +257,10 @@ class BareLoop:
         try:
             first_end, images = None, 0
             for call in self.calls:
-                out = self.pipe(torch.from_numpy(call["ids"]),
-                                torch.as_tensor(call["targets"], dtype=torch.float32),
-                                call["seeds"], num_inference_steps=self.steps,
-                                scheduler=self.scheduler, recognizer=self.recognizer,
-                                output_type="np", device=self.device)
+                out = sample(self.pipe, self.sampling, torch.from_numpy(call["ids"]),
+                             torch.as_tensor(call["targets"], dtype=torch.float32),
+                             call["seeds"], self.recognizer, output_type="np",
+                             device=self.device)
                 if first_end is None:
                     first_end = time.perf_counter()
                 else:

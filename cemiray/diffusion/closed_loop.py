@@ -1,10 +1,15 @@
-"""Closed-loop sampling: re-draw only the images whose measured similarity misses the target.
+"""Sampling by a `SamplingSpec`, with its closed loop (diffusion).
+
+The closed loop re-draws only the images whose measured similarity misses the target.
 
 The generator's control of m is approximate; a recogniser measures the achieved similarity of
 each image to its identity, and images off by more than `tolerance` are sampled again from a new
 seed (`seed + k·seed_stride` at try k), at most `max_tries` times. The try closest to the target
 is kept. Because each image depends only on its own seed, the result is deterministic and does
 not depend on which other images were re-drawn alongside.
+
+`sample(pipe, spec, ...)` is the one place a spec becomes pipeline calls: the generation job's
+sampler actors and the served generator both call it.
 """
 
 from __future__ import annotations
@@ -24,20 +29,22 @@ from cemiray.diffusion.pipeline import (
     validate_seeds,
     validate_similarity,
 )
+from cemiray.diffusion.sampling import SamplingSpec
 from cemiray.diffusion.similarity_loss import IdentityEncoder
 
 
 @dataclass
 class ClosedLoopOutput:
     """Per image: the kept image, its achieved similarity, the target, how many tries were
-    sampled, the seed of the kept try and whether it lies within tolerance."""
+    sampled, the seed of the kept try and whether it lies within tolerance (None without a
+    closed loop)."""
 
     images: np.ndarray | Tensor
     similarity: np.ndarray
     target: np.ndarray
     tries: np.ndarray
     seeds: np.ndarray
-    within_tolerance: np.ndarray
+    within_tolerance: np.ndarray | None
 
 
 def closed_loop_generate(
@@ -116,4 +123,36 @@ def closed_loop_generate(
         tries=tries,
         seeds=kept_seeds,
         within_tolerance=error <= tolerance,
+    )
+
+
+def sample(
+    pipe: CemiFacePipeline,
+    spec: SamplingSpec,
+    id_embeddings: Tensor,
+    similarity: float | Sequence[float] | Tensor,
+    seeds: Sequence[int],
+    recognizer: IdentityEncoder,
+    variation: Tensor | None = None,
+    **kw: Any,
+) -> ClosedLoopOutput:
+    """Images sampled as `spec` says (in closed loop when it has one), their achieved
+    similarity measured by `recognizer`; `kw` adds call options a spec does not hold
+    (output_type, device)."""
+    options = {**spec.pipeline_options(), **kw}
+    if spec.closed_loop is not None:
+        return closed_loop_generate(pipe, id_embeddings, similarity, seeds, recognizer=recognizer,
+                                    tolerance=spec.closed_loop.tolerance,
+                                    max_tries=spec.closed_loop.max_tries, variation=variation,
+                                    **options)
+    out = pipe(id_embeddings, similarity, seeds, variation=variation, recognizer=recognizer,
+               **options)
+    n = len(seeds)
+    return ClosedLoopOutput(
+        images=out.images,
+        similarity=np.asarray(out.similarity),
+        target=validate_similarity(similarity, n).numpy().astype(np.float64),
+        tries=np.ones(n, dtype=np.int64),
+        seeds=np.asarray(list(seeds), dtype=np.int64),
+        within_tolerance=None,
     )

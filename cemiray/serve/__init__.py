@@ -1,7 +1,8 @@
-"""Ray Serve application: HTTP endpoints for face embeddings, verification and generation.
+"""The serve part: a Ray Serve app with HTTP endpoints to embed, verify and generate faces.
 
-`cemiray.serve.app` holds the deployments, `build_app(cfg)` and `run(cfg)`; it imports Ray, so
-this package re-exports only the light parts."""
+`guard` (API key, body size), `parsing` (request checks), `deployments` (the models), `ingress`
+(the routes) and `app` (`build_app(cfg)`, `app_builder`, `run(cfg)`) import Ray, so this package
+re-exports only the light parts."""
 
 from cemiray.serve.config import ScalingConfig, ServeConfig
 from cemiray.serve.deploy_config import serve_config, write_serve_config

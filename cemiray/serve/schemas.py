@@ -1,6 +1,9 @@
-"""JSON bodies of the HTTP API (version 1). Requests are strict (no type coercion, unknown keys
-rejected, NaN and infinities refused) and carry only data: images, embeddings and numbers, never
-a file path or URL, so a request cannot choose what the server loads."""
+"""JSON bodies of the HTTP API, version 1 (serve).
+
+Requests are strict (no type coercion, unknown keys rejected, NaN and infinities refused) and
+carry only data: images, embeddings and numbers, never a file path or URL, so a request cannot
+choose what the server loads. Their sampling options become a SamplingSpec in
+cemiray.serve.parsing."""
 
 from __future__ import annotations
 
@@ -8,8 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEDULER_NAMES = ("ddim", "dpmsolver++", "euler", "ddpm")
-"""The samplers a request may name; the keys of cemiray.diffusion.pipeline.SCHEDULERS."""
+from cemiray.diffusion.sampling import SCHEDULER_NAMES
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Similarity = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]

@@ -1,7 +1,9 @@
-"""Content-addressed stage results: a stage reruns only when what it depends on changed.
+"""The experiment's stage cache (apps): content-addressed stage results.
 
-A stage's key is the SHA-256 of its name, its config (canonical JSON) and the fingerprints of
-the input files it names (model weights, data tables). Each stage writes into its own folder
+A stage reruns only when what it depends on changed. A stage's key is the SHA-256 of its name,
+its config (canonical JSON) and the content hashes of the input files it names (models, data
+tables), each the one model hash of the project (cemiray.models.hashing.model_hash), so a model
+is named here as in `/v1/models` and in the rows it generates. Each stage writes into its own folder
 `root/<name>-<key16>/`; `stage.json` is written last, atomically, so a folder without it is an
 unfinished attempt that a rerun starts again from scratch. Downstream stages name upstream
 outputs by these folders, so a changed upstream key changes every key after it.
@@ -17,32 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cemiray.data import storage
+from cemiray.models.hashing import model_hash
 
 STAGE_FILE = "stage.json"
-FINGERPRINT_SUFFIXES = (".safetensors", ".json", ".parquet", ".bin", ".npy", ".rec", ".idx")
 
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def fingerprint(url: str) -> str:
-    """SHA-256 over a file's bytes, or over a folder's data files (relative name + bytes), so the
-    same weights in another place hash the same."""
-    if not storage.exists(url):
-        raise FileNotFoundError(f"{url}: stage input not found")
-    fs, path = storage.filesystem(url)
-    digest = hashlib.sha256()
-    if fs.isdir(path):
-        files = sorted(p for p in fs.find(path) if p.endswith(FINGERPRINT_SUFFIXES))
-        if not files:
-            raise FileNotFoundError(f"{url}: folder holds no model or data files")
-        for name in files:
-            digest.update(name[len(path.rstrip("/")) + 1:].encode() + b"\0")
-            digest.update(fs.cat_file(name))
-    else:
-        digest.update(fs.cat_file(path))
-    return digest.hexdigest()
 
 
 @dataclass
@@ -65,7 +48,7 @@ class StageCache:
         self.records: list[StageResult] = []
 
     def key(self, name: str, config: dict, inputs: dict[str, str]) -> str:
-        prints = {k: fingerprint(v) for k, v in sorted(inputs.items())}
+        prints = {k: model_hash(v) for k, v in sorted(inputs.items())}
         payload = canonical_json({"stage": name, "config": config, "inputs": prints})
         return hashlib.sha256(payload.encode()).hexdigest()
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from cemiray.apps.experiment.cache import StageCache, StageResult, fingerprint
+from cemiray.apps.experiment.cache import StageCache, StageResult
 from cemiray.apps.experiment.config import REAL, ExperimentConfig
 from cemiray.data import storage
+from cemiray.models.hashing import model_hash
 from cemiray.runtime.machine import git_commit, machine_info, versions
 
 
@@ -145,8 +146,8 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *, trained: dict[s
     results["provenance"] = {
         "commit": git_commit(),
         "versions": versions(),
-        "models": {"recognizer": {"path": recognizer, "sha256": fingerprint(recognizer)},
-                   "generator": {"path": generator, "sha256": fingerprint(generator)}},
+        "models": {"recognizer": {"path": recognizer, "sha256": model_hash(recognizer)},
+                   "generator": {"path": generator, "sha256": model_hash(generator)}},
         "configs": {r.name: r.config for r in cache.records},
         "hashes": {r.name: r.key[:16] for r in cache.records},
         "wall_times": {r.name: r.seconds for r in cache.records},

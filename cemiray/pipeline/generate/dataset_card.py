@@ -1,4 +1,6 @@
-"""What a generated dataset says about itself: the manifest (JSON, written last, so a folder with a
+"""The manifest and dataset card of `cemiray generate` (pipeline).
+
+What a generated dataset says about itself: the manifest (JSON, written last, so a folder with a
 manifest is a finished dataset), a Markdown dataset card, a preview grid of faces and a histogram
 of the achieved similarity per target m. Statistics are read back from the shards, so they
 describe every shard, including those an earlier run wrote."""
@@ -186,6 +188,7 @@ def _short(sha: str | None) -> str:
 
 def _made_section(m: dict[str, Any]) -> list[str]:
     cfg, lineage = m["config"], m["lineage"]
+    sampling = cfg.get("sampling") or cfg  # manifests of older runs held these keys flat
     lines = [
         "## How it was made", "",
         ("Images were sampled with `cemiray generate` from a CemiFace similarity-conditioned "
@@ -193,7 +196,7 @@ def _made_section(m: dict[str, Any]) -> list[str]:
          "target similarity m, and the conditioning recogniser measures the similarity it "
          "achieved."), "",
         (f"- Generator: `{cfg['generator']}` {_short(lineage['generator'])}; "
-         f"{cfg['scheduler']} sampler, {cfg['steps']} steps"),
+         f"{sampling['scheduler']} sampler, {sampling['steps']} steps"),
         f"- Conditioning recogniser: `{cfg['recognizer']}` {_short(lineage['recognizer'])}",
         f"- Seed table: `{cfg['seeds']}` {_short(lineage['seeds'])}",
         (f"- Target similarity: {m['schedule']}; global seed {cfg['seed']} (every image's m, "
@@ -202,8 +205,8 @@ def _made_section(m: dict[str, Any]) -> list[str]:
     if cfg.get("judge"):
         lines.append(f"- Independent judge: `{cfg['judge']}` {_short(lineage.get('judge'))}, "
                      "comparing each image with its identity's inquiry image")
-    if cfg.get("closed_loop"):
-        loop = cfg["closed_loop"]
+    if sampling.get("closed_loop"):
+        loop = sampling["closed_loop"]
         lines.append(f"- Closed loop: images further than {loop['tolerance']} from their target "
                      f"were re-sampled, at most {loop['max_tries']} tries, closest kept")
     if cfg.get("variation"):

@@ -1,5 +1,6 @@
-"""`cemiray generate`: a synthetic face dataset from a seed table of identities, sampled by a pool
-of generator actors that Ray Data grows and shrinks with the cluster, written as exactly-once
+"""The `cemiray generate` job (pipeline): a synthetic face dataset in exactly-once Parquet shards.
+
+A synthetic face dataset from a seed table of identities, sampled by a pool of generator actors that Ray Data grows and shrinks with the cluster, written as exactly-once
 Parquet shards with their lineage.
 
     cemiray generate seeds=s3://b/seeds.parquet generator=s3://b/cemiface recognizer=s3://b/ir50
@@ -54,6 +55,10 @@ On 2 cores a sampler actor must reserve at most half a CPU (`distributed.cpus_pe
 default 0.5): actors reserving whole CPUs starve the encode tasks and the pipeline hangs
 silently (docs/STACK.md). On GPUs each actor takes one GPU (`distributed.use_gpu`).
 
+Files: config (GenerateConfig, the SamplingSpec it carries), inputs (opening and hashing the
+models and seed table), streaming (the Ray Data pipeline and the shard writer), sampler_actor,
+shard_plan, dataset_card; this module runs them.
+
 Exactly once: see shard_plan. A rerun skips complete shards and redoes missing ones; an output
 folder whose plan.json differs from this run's plan is refused before anything is written.
 """
@@ -64,296 +69,17 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cemiray.data import storage
-from cemiray.pipeline.generate.schedules import (
-    ConstantSchedule,
-    Schedule,
-    VariationSchedule,
-    schedule_shorthand,
-)
-from cemiray.runtime.config import JobConfig, RayConfig
+from cemiray.pipeline.generate.config import OUTPUT_COLUMNS, GenerateConfig, SamplerPoolConfig
+from cemiray.pipeline.generate.inputs import Inputs, absolute_paths, prepare_inputs
+from cemiray.pipeline.generate.streaming import generate_shards
 
-if TYPE_CHECKING:
-    from cemiray.pipeline.seeds.table import SeedTable
-
-OUTPUT_COLUMNS = (
-    "image", "label", "sample", "seed_id", "source", "target_m", "similarity",
-    "judge_similarity", "seed", "tries", "within_tolerance", "variation", "scheduler", "steps",
-    "guidance_scale", "guidance_m", "generator_sha256", "recognizer_sha256", "judge_sha256",
-    "shard", "worker_pid", "pixels",
-)
-
-
-class SamplerPoolConfig(BaseModel):
-    """The sampler actor pool: the part that changes between this CPU and a GPU cluster."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    num_workers: int = Field(2, ge=1, description="most sampler actors (one GPU each on GPUs)")
-    min_workers: int = Field(1, ge=1, description="fewest sampler actors")
-    initial_workers: int | None = Field(None, ge=1, description="actors at start (min if unset)")
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(0.5, ge=0, description="≤ 0.5 on a 2-core machine")
-    tasks_in_flight_per_worker: int = Field(2, ge=1, description="chunks queued per actor")
-    cpus_per_encode_task: float = Field(0.5, gt=0)
-    encode_batch: int | None = Field(None, ge=1, description="images per PNG-encoding batch "
-                                     "(None: images_per_call, one sampler micro-batch)")
-    block_mb: int = Field(16, ge=1, description="Ray Data's target max block size")
-    object_store_budget_mb: int | None = Field(None, ge=1, description="cap on Ray Data's "
-                                               "object-store use (None: Ray Data's default)")
-
-    @model_validator(mode="after")
-    def _sizes(self) -> SamplerPoolConfig:
-        initial = self.initial_workers or self.min_workers
-        if not self.min_workers <= initial <= self.num_workers:
-            raise ValueError(f"need min_workers ({self.min_workers}) <= initial_workers "
-                             f"({initial}) <= num_workers ({self.num_workers})")
-        return self
-
-
-class ClosedLoopConfig(BaseModel):
-    """Re-sample images whose achieved similarity misses the target by more than `tolerance`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tolerance: float = Field(0.05, ge=0)
-    max_tries: int = Field(4, ge=1)
-
-
-class GenerateConfig(JobConfig):
-    out: str = "runs/generate"
-    seeds: str = Field(description="seed table (Parquet) URL: seed_id, embedding, source, ...")
-    generator: str = Field(description="CemiFace pipeline folder URL (save_pipeline)")
-    recognizer: str = Field(description="conditioning recogniser URI (folder, .pth?arch=, .onnx)")
-    judge: str | None = Field(None, description="optional independent judge recogniser URI")
-    samples_per_identity: int = Field(50, ge=1)
-    identities_per_shard: int = Field(50, ge=1)
-    schedule: Schedule = Field(default_factory=ConstantSchedule)
-    variation: VariationSchedule | None = None
-    closed_loop: ClosedLoopConfig | None = None
-    seed: int = Field(0, ge=0, description="global seed of targets, noise and variation")
-    steps: int = Field(20, ge=1)
-    scheduler: Literal["ddim", "dpmsolver++", "euler", "ddpm"] = "ddim"
-    guidance_scale: float = Field(1.0, ge=0, description="similarity guidance (1: none; 2 costs "
-                                                       "twice the UNet time)")
-    guidance_m: float = Field(0.0, ge=-1, le=1, description="reference m of the guidance")
-    images_per_call: int = Field(64, ge=1, description="images per generator call")
-    exports: list[Literal["recordio", "imagefolder"]] = Field(default_factory=list)
-    preview_identities: int = Field(8, ge=1)
-    preview_samples: int = Field(8, ge=1)
-    leakage_audit: str | None = Field(None, description="optional leakage-audit JSON URL")
-    distributed: SamplerPoolConfig = Field(default_factory=SamplerPoolConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-
-    @field_validator("schedule", mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return schedule_shorthand(value)
-
-
-@dataclass
-class Inputs:
-    """Everything the job reads, validated and hashed before anything is written."""
-
-    table: SeedTable
-    id_dim: int
-    image_size: int
-    hashes: dict[str, str | None]
-    audit: dict[str, Any] | None
-
-
-def _absolute(cfg: GenerateConfig) -> GenerateConfig:
-    """Relative local paths made absolute: Ray workers run in other folders."""
-    fields = ("out", "seeds", "generator", "recognizer", "judge", "leakage_audit")
-    return cfg.model_copy(update={f: storage.absolute(getattr(cfg, f)) for f in fields})
-
-
-def _generator_facts(url: str) -> dict[str, int]:
-    """id_dim, variation attributes and image size from the generator folder's configs."""
-    index = storage.join(url, "model_index.json")
-    if not storage.exists(index):
-        raise FileNotFoundError(f"{url}: not a CemiFace pipeline folder (no model_index.json)")
-    try:
-        encoder = json.loads(storage.read_text(storage.join(url, "condition_encoder",
-                                                            "config.json")))
-        unet = json.loads(storage.read_text(storage.join(url, "unet", "config.json")))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{url}: unreadable component config ({exc})") from exc
-    return {"id_dim": int(encoder["id_dim"]),
-            "variation_attrs": int(encoder.get("num_variation_attrs", 0)),
-            "image_size": int(unet["sample_size"])}
-
-
-def prepare_inputs(cfg: GenerateConfig) -> Inputs:
-    """Open, validate and hash every input; raises with the file named on the first problem."""
-    from cemiray.models.recognizer import load_recognizer
-    from cemiray.pipeline.generate.shard_plan import content_hash
-    from cemiray.pipeline.seeds.table import read_seed_table
-
-    facts = _generator_facts(cfg.generator)
-    attrs = cfg.variation.num_attrs if cfg.variation else 0
-    if attrs != facts["variation_attrs"]:
-        raise ValueError(f"variation gives {attrs} attribute(s) but the generator "
-                         f"{cfg.generator} takes {facts['variation_attrs']}")
-    recognizer = load_recognizer(cfg.recognizer, "cpu")
-    if recognizer.dim != facts["id_dim"]:
-        raise ValueError(f"recognizer {cfg.recognizer} embeds to {recognizer.dim} values but the "
-                         f"generator {cfg.generator} is conditioned on {facts['id_dim']}")
-    judge_hash = load_recognizer(cfg.judge, "cpu").content_hash if cfg.judge else None
-    audit = None
-    if cfg.leakage_audit:
-        try:
-            audit = json.loads(storage.read_text(cfg.leakage_audit))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{cfg.leakage_audit}: unreadable leakage audit ({exc})") from exc
-        if not isinstance(audit, dict):
-            raise ValueError(f"{cfg.leakage_audit}: a leakage audit must be a JSON object")
-    table = read_seed_table(cfg.seeds, expected_dim=facts["id_dim"],
-                            need_images=cfg.judge is not None, reserved=OUTPUT_COLUMNS)
-    hashes = {"seeds": table.sha256, "generator": content_hash(cfg.generator),
-              "recognizer": recognizer.content_hash, "judge": judge_hash}
-    return Inputs(table=table, id_dim=facts["id_dim"], image_size=facts["image_size"],
-                  hashes=hashes, audit=audit)
-
-
-def build_dataset(cfg: GenerateConfig, inputs: Inputs, items: list[dict]):
-    """The Ray Data pipeline from chunk rows to encoded image rows (lazy)."""
-    import ray
-
-    from cemiray.pipeline.generate.sampler_actor import SamplerActor, encode_pngs
-
-    pool = cfg.distributed
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ctx = ds.context  # shared by the datasets derived below, and only by them
-    ctx.target_max_block_size = pool.block_mb * 2**20
-    if pool.object_store_budget_mb:
-        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-            object_store_memory=pool.object_store_budget_mb * 2**20)
-    closed_loop = cfg.closed_loop.model_dump() if cfg.closed_loop else None
-    ds = ds.map_batches(
-        SamplerActor,
-        compute=ray.data.ActorPoolStrategy(
-            min_size=pool.min_workers,
-            max_size=pool.num_workers,
-            initial_size=pool.initial_workers or pool.min_workers,
-            max_tasks_in_flight_per_actor=pool.tasks_in_flight_per_worker,
-        ),
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=pool.cpus_per_worker,
-        num_gpus=1 if pool.use_gpu else 0,
-        fn_constructor_kwargs={
-            "generator": cfg.generator, "recognizer": cfg.recognizer, "judge": cfg.judge,
-            "hashes": inputs.hashes, "use_gpu": pool.use_gpu, "steps": cfg.steps,
-            "scheduler": cfg.scheduler, "images_per_call": cfg.images_per_call,
-            "closed_loop": closed_loop, "guidance_scale": cfg.guidance_scale,
-            "guidance_m": cfg.guidance_m,
-        },
-    )
-    return ds.map_batches(encode_pngs, batch_size=pool.encode_batch or cfg.images_per_call,
-                          batch_format="numpy", num_cpus=pool.cpus_per_encode_task)
-
-
-def _shard_rows(rows: list[dict], cfg: GenerateConfig, inputs: Inputs):
-    """The stored rows of one shard: generated values, identity fields and lineage."""
-    table, hashes = inputs.table, inputs.hashes
-    for r in rows:
-        label = int(r["label"])
-        out = {
-            "image": bytes(r["image"]),
-            "label": label,
-            "sample": int(r["sample"]),
-            "seed_id": int(table.seed_ids[label]),
-            "source": table.sources[label],
-            "target_m": float(r["target_m"]),
-            "similarity": float(r["similarity"]),
-        }
-        if cfg.judge:
-            out["judge_similarity"] = float(r["judge_similarity"])
-        out["seed"] = int(r["seed"])
-        out["tries"] = int(r["tries"])
-        if cfg.closed_loop:
-            out["within_tolerance"] = bool(r["within_tolerance"])
-        if cfg.variation:
-            out["variation"] = [float(v) for v in r["variation"]]
-        out.update(scheduler=cfg.scheduler, steps=cfg.steps)
-        if cfg.guidance_scale != 1.0:
-            out.update(guidance_scale=cfg.guidance_scale, guidance_m=cfg.guidance_m)
-        out.update(generator_sha256=hashes["generator"], recognizer_sha256=hashes["recognizer"])
-        if cfg.judge:
-            out["judge_sha256"] = hashes["judge"]
-        for name, values in table.attributes.items():
-            out[name] = values[label]
-        yield out
-
-
-def write_generated_shard(url: str, rows: list[dict], cfg: GenerateConfig, inputs: Inputs,
-                          spec: Any, plan_sha: str) -> bool:
-    """Write one complete shard; False when its file already exists (a concurrent writer)."""
-    from cemiray.data.parquet_shards import write_shard
-
-    if storage.exists(url):
-        return False
-    write_shard(url, _shard_rows(rows, cfg, inputs),
-                metadata={"shard": spec.name, "first": spec.first, "last": spec.last,
-                          "plan_sha256": plan_sha})
-    return True
-
-
-def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_url: str,
-                    plan_sha: str) -> dict[str, Any]:
-    """Stream every pending shard through the pool and write each as soon as it is complete."""
-    from cemiray.pipeline.generate.shard_plan import (
-        ShardCollector,
-        ShardPlanError,
-        identities_per_chunk,
-        work_items,
-    )
-
-    per_chunk = identities_per_chunk(cfg.samples_per_identity, cfg.images_per_call)
-    items = [item for spec in pending for item in work_items(
-        spec, inputs.table, cfg.samples_per_identity, cfg.schedule, cfg.seed, per_chunk,
-        variation=cfg.variation, with_images=cfg.judge is not None)]
-    collector = ShardCollector(pending, cfg.samples_per_identity)
-    workers: Counter[int] = Counter()
-    written = 0
-    t0 = time.perf_counter()
-    first = None
-    for batch in build_dataset(cfg, inputs, items).iter_batches(batch_size=None,
-                                                                batch_format="numpy"):
-        first = first if first is not None else (time.perf_counter(), len(batch["label"]))
-        columns = list(batch)
-        for i in range(len(batch["label"])):
-            row = {key: batch[key][i] for key in columns}
-            workers[int(row["worker_pid"])] += 1
-            spec = collector.add(row)
-            if spec is not None:
-                url = storage.join(parquet_url, spec.name)
-                written += write_generated_shard(url, collector.pop(spec), cfg, inputs, spec,
-                                                 plan_sha)
-    seconds = time.perf_counter() - t0
-    missing = collector.missing()
-    if missing:
-        raise ShardPlanError(f"the pipeline ended with {len(missing)} shard(s) incomplete "
-                             f"({dict(list(missing.items())[:5])} images missing); nothing of "
-                             "them was written — rerun to complete them")
-    images = sum(s.num_identities for s in pending) * cfg.samples_per_identity
-    steady_seconds = t0 + seconds - first[0]
-    return {"shards_written": written, "images_generated": images,
-            "generation_seconds": round(seconds, 3),
-            "images_per_s": round(images / seconds, 2) if seconds > 0 else None,
-            "first_images_after_seconds": round(first[0] - t0, 3),
-            "steady_images_per_s": (round((images - first[1]) / steady_seconds, 2)
-                                    if steady_seconds > 0 else None),
-            "duplicates_dropped": collector.duplicates,
-            "peak_buffered_images": collector.peak_buffered,
-            "sampler_workers": {str(pid): n for pid, n in sorted(workers.items())}}
+__all__ = ["OUTPUT_COLUMNS", "GenerateConfig", "Inputs", "SamplerPoolConfig", "prepare_inputs",
+           "run"]
 
 
 def _manifest(cfg: GenerateConfig, inputs: Inputs, fingerprint: dict, shards: list,
@@ -366,11 +92,11 @@ def _manifest(cfg: GenerateConfig, inputs: Inputs, fingerprint: dict, shards: li
     urls = [storage.join(parquet_url, s.name) for s in shards]
     columns = ["label", "sample", "target_m", "similarity"]
     columns += ["judge_similarity"] if cfg.judge else []
-    columns += ["within_tolerance"] if cfg.closed_loop else []
+    columns += ["within_tolerance"] if cfg.sampling.closed_loop else []
     stats = card.read_columns(urls, columns)
     target = stats.column("target_m").to_numpy()
     achieved = stats.column("similarity").to_numpy()
-    within = stats.column("within_tolerance").to_numpy() if cfg.closed_loop else None
+    within = stats.column("within_tolerance").to_numpy() if cfg.sampling.closed_loop else None
     judge = stats.column("judge_similarity").to_numpy() if cfg.judge else None
     table = inputs.table
     counts = {"identities": len(table), "images_per_identity": cfg.samples_per_identity,
@@ -408,7 +134,7 @@ def run(cfg: GenerateConfig) -> dict:
     from cemiray.runtime.cluster import init_ray
 
     t0 = time.perf_counter()
-    cfg = _absolute(cfg)
+    cfg = absolute_paths(cfg)
     inputs = prepare_inputs(cfg)
     fingerprint = sp.plan_fingerprint(json.loads(cfg.to_json()), inputs.hashes)
     plan_sha = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()

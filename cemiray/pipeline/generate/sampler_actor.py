@@ -1,5 +1,7 @@
-"""The sampler of the generation job: a Ray Data actor holding the CemiFace generator, the
-conditioning recogniser and the optional judge, loaded once per actor.
+"""The sampler actor of `cemiray generate` (pipeline): Ray Data actor that samples chunks.
+
+It holds the CemiFace generator, the conditioning recogniser and the optional judge, loaded once
+per actor, and samples every image by the job's SamplingSpec.
 
 It takes chunk rows (see shard_plan.work_items: a few whole identities with every image's target
 m, seed and variation) and yields raw uint8 images with their measured similarity, one
@@ -16,9 +18,20 @@ from typing import Any
 
 import numpy as np
 
+from cemiray.diffusion.sampling import SamplingSpec
+from cemiray.models.hashing import model_hash
+
 
 class HashMismatchError(RuntimeError):
     """A model changed on storage after the job hashed it: the rows would lie about lineage."""
+
+
+def check_hash(url: str, expected: str | None, what: str) -> None:
+    """Refuse a model whose content hash is no longer the one the job recorded."""
+    actual = model_hash(url)
+    if actual != expected:
+        raise HashMismatchError(f"{url}: {what} content changed since the job started "
+                                f"(sha256 {actual[:12]}, expected {(expected or '')[:12]})")
 
 
 class SamplerActor:
@@ -28,45 +41,30 @@ class SamplerActor:
         self,
         generator: str,
         recognizer: str,
-        hashes: dict[str, str],
+        hashes: dict[str, str | None],
+        sampling: SamplingSpec,
         judge: str | None = None,
         use_gpu: bool = False,
-        steps: int = 20,
-        scheduler: str = "ddim",
         images_per_call: int = 64,
-        closed_loop: dict[str, Any] | None = None,
-        guidance_scale: float = 1.0,
-        guidance_m: float = 0.0,
     ) -> None:
         from cemiray.diffusion.pipeline import load_pipeline
         from cemiray.models.recognizer import load_recognizer
-        from cemiray.pipeline.generate.shard_plan import content_hash
 
         self.device = "cuda" if use_gpu else "cpu"
-        actual = content_hash(generator)
-        if actual != hashes["generator"]:
-            raise HashMismatchError(f"{generator}: generator content changed since the job "
-                                    f"started (sha256 {actual[:12]}, expected "
-                                    f"{hashes['generator'][:12]})")
+        check_hash(generator, hashes["generator"], "generator")
         pipe = load_pipeline(generator).to(self.device)
         pipe.unet.eval()
         pipe.condition_encoder.eval()
         self.pipe = pipe
-        self.recognizer = self._load(load_recognizer, recognizer, hashes["recognizer"])
-        self.judge = self._load(load_recognizer, judge, hashes["judge"]) if judge else None
-        self.steps, self.scheduler = int(steps), scheduler
+        check_hash(recognizer, hashes["recognizer"], "recogniser")
+        self.recognizer = load_recognizer(recognizer, self.device)
+        self.judge = None
+        if judge:
+            check_hash(judge, hashes["judge"], "judge")
+            self.judge = load_recognizer(judge, self.device)
+        self.sampling = sampling
         self.images_per_call = int(images_per_call)
-        self.closed_loop = closed_loop
-        self.guidance = {"guidance_scale": float(guidance_scale), "guidance_m": float(guidance_m)}
         self.pid = os.getpid()
-
-    def _load(self, load_recognizer: Any, uri: str, expected: str) -> Any:
-        model = load_recognizer(uri, self.device)
-        if model.content_hash != expected:
-            raise HashMismatchError(f"{uri}: recogniser content changed since the job started "
-                                    f"(sha256 {model.content_hash[:12]}, expected "
-                                    f"{expected[:12]})")
-        return model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(batch["shard"])):
@@ -117,24 +115,17 @@ class SamplerActor:
                 variation: np.ndarray | None) -> dict[str, np.ndarray]:
         import torch
 
-        from cemiray.diffusion.closed_loop import closed_loop_generate
+        from cemiray.diffusion.closed_loop import sample
 
-        m = torch.as_tensor(targets, dtype=torch.float32)
-        common = {"num_inference_steps": self.steps, "scheduler": self.scheduler,
-                  "output_type": "np", "device": self.device, **self.guidance}
-        var = None if variation is None else torch.from_numpy(variation)
-        if self.closed_loop:
-            out = closed_loop_generate(self.pipe, ids, m, seeds, recognizer=self.recognizer,
-                                       tolerance=self.closed_loop["tolerance"],
-                                       max_tries=self.closed_loop["max_tries"], variation=var,
-                                       **common)
-            return {"images": out.images, "similarity": out.similarity.astype(np.float64),
-                    "seeds": out.seeds.astype(np.int64), "tries": out.tries.astype(np.int64),
-                    "within_tolerance": out.within_tolerance.astype(bool)}
-        out = self.pipe(ids, m, seeds, variation=var, recognizer=self.recognizer, **common)
-        return {"images": out.images, "similarity": out.similarity.astype(np.float64),
-                "seeds": np.asarray(seeds, dtype=np.int64),
-                "tries": np.ones(len(seeds), dtype=np.int64)}
+        out = sample(self.pipe, self.sampling, ids, torch.as_tensor(targets, dtype=torch.float32),
+                     seeds, self.recognizer,
+                     variation=None if variation is None else torch.from_numpy(variation),
+                     output_type="np", device=self.device)
+        rows = {"images": out.images, "similarity": out.similarity.astype(np.float64),
+                "seeds": out.seeds.astype(np.int64), "tries": out.tries.astype(np.int64)}
+        if out.within_tolerance is not None:
+            rows["within_tolerance"] = out.within_tolerance.astype(bool)
+        return rows
 
     def _judge_inquiry(self, item: dict[str, Any]) -> np.ndarray:
         """Judge embeddings of the chunk's inquiry images, one row per identity."""

@@ -1,4 +1,4 @@
-"""The deterministic plan of a generation job and its exactly-once bookkeeping.
+"""The deterministic plan of `cemiray generate` and its exactly-once bookkeeping (pipeline).
 
 The plan is a pure function of the seed table and the config: shard i holds the identities
 [i·S, min((i+1)·S, N)) of the seed table (S = identities_per_shard) with all their samples, and
@@ -12,12 +12,12 @@ of work and of retry, and its images are generated in fixed micro-batches, so th
 composition — and with it the float rounding of every image — never depends on scheduling.
 
 `plan.json` in the output folder records what the dataset is (the config minus execution-only
-fields, plus the content hashes of every input); a rerun with a different plan is refused.
+fields, plus the content hashes of every input, cemiray.models.hashing.model_hash); a rerun with
+a different plan is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,7 @@ from cemiray.data import storage
 from cemiray.pipeline.generate.schedules import VariationSchedule, image_seeds
 from cemiray.pipeline.seeds.table import SeedTable
 
+SAMPLING = "sampling"  # the config's SamplingSpec section
 PLAN_NAME = "plan.json"
 PLAN_FORMAT = "cemiray-generate-plan/1"
 # Config fields that change how a dataset is computed or what is made beside it, not its rows.
@@ -167,34 +168,11 @@ class ShardCollector:
         }
 
 
-def _sha256_of(fs: Any, path: str, block: int = 16 << 20) -> bytes:
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.digest()
-
-
-def content_hash(url: str) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents, in name order), so
-    a model folder is named by what it holds, wherever it is stored. Hidden files are skipped."""
-    fs, path = storage.filesystem(url)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{url}: no such file or folder")
-    if not fs.isdir(path):
-        return _sha256_of(fs, path).hex()
-    root = path.rstrip("/")
-    digest = hashlib.sha256()
-    for file in sorted(fs.find(root)):
-        rel = file[len(root):].lstrip("/")
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue
-        digest.update(rel.encode() + b"\0" + _sha256_of(fs, file))
-    return digest.hexdigest()
-
-
 def plan_fingerprint(config: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:
-    """What the dataset is: the config without execution-only fields, and the inputs' hashes."""
+    """What the dataset is: the config without execution-only fields, and the inputs' hashes.
+    The sampling spec's options stand at the top level of the plan's config, where plan format
+    /1 has always had them, so datasets begun before the spec existed can be completed."""
+    config = {**{k: v for k, v in config.items() if k != SAMPLING}, **(config.get(SAMPLING) or {})}
     return {
         "format": PLAN_FORMAT,
         "config": {k: v for k, v in sorted(config.items()) if k not in EXECUTION_FIELDS},

@@ -1,0 +1,85 @@
+"""The inputs of `cemiray generate` (pipeline): models and seed table, checked and hashed.
+
+Every file the job reads is opened, checked against the others and named by content hash
+(cemiray.models.hashing.model_hash) before anything is written; those hashes are the lineage
+columns of every row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cemiray.data import storage
+from cemiray.pipeline.generate.config import OUTPUT_COLUMNS, GenerateConfig
+
+if TYPE_CHECKING:
+    from cemiray.pipeline.seeds.table import SeedTable
+
+
+@dataclass
+class Inputs:
+    """Everything the job reads, validated and hashed before anything is written."""
+
+    table: SeedTable
+    id_dim: int
+    image_size: int
+    hashes: dict[str, str | None]
+    audit: dict[str, Any] | None
+
+
+def absolute_paths(cfg: GenerateConfig) -> GenerateConfig:
+    """Relative local paths made absolute: Ray workers run in other folders."""
+    fields = ("out", "seeds", "generator", "recognizer", "judge", "leakage_audit")
+    return cfg.model_copy(update={f: storage.absolute(getattr(cfg, f)) for f in fields})
+
+
+def _generator_facts(url: str) -> dict[str, int]:
+    """id_dim, variation attributes and image size from the generator folder's configs."""
+    index = storage.join(url, "model_index.json")
+    if not storage.exists(index):
+        raise FileNotFoundError(f"{url}: not a CemiFace pipeline folder (no model_index.json)")
+    try:
+        encoder = json.loads(storage.read_text(storage.join(url, "condition_encoder",
+                                                            "config.json")))
+        unet = json.loads(storage.read_text(storage.join(url, "unet", "config.json")))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{url}: unreadable component config ({exc})") from exc
+    return {"id_dim": int(encoder["id_dim"]),
+            "variation_attrs": int(encoder.get("num_variation_attrs", 0)),
+            "image_size": int(unet["sample_size"])}
+
+
+def prepare_inputs(cfg: GenerateConfig) -> Inputs:
+    """Open, validate and hash every input; raises with the file named on the first problem."""
+    from cemiray.models.hashing import model_hash
+    from cemiray.models.recognizer import load_recognizer
+    from cemiray.pipeline.seeds.table import read_seed_table
+
+    facts = _generator_facts(cfg.generator)
+    attrs = cfg.variation.num_attrs if cfg.variation else 0
+    if attrs != facts["variation_attrs"]:
+        raise ValueError(f"variation gives {attrs} attribute(s) but the generator "
+                         f"{cfg.generator} takes {facts['variation_attrs']}")
+    recognizer = load_recognizer(cfg.recognizer, "cpu")
+    if recognizer.dim != facts["id_dim"]:
+        raise ValueError(f"recognizer {cfg.recognizer} embeds to {recognizer.dim} values but the "
+                         f"generator {cfg.generator} is conditioned on {facts['id_dim']}")
+    if cfg.judge:
+        load_recognizer(cfg.judge, "cpu")  # refused now if it cannot load, not in every actor
+    audit = None
+    if cfg.leakage_audit:
+        try:
+            audit = json.loads(storage.read_text(cfg.leakage_audit))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{cfg.leakage_audit}: unreadable leakage audit ({exc})") from exc
+        if not isinstance(audit, dict):
+            raise ValueError(f"{cfg.leakage_audit}: a leakage audit must be a JSON object")
+    table = read_seed_table(cfg.seeds, expected_dim=facts["id_dim"],
+                            need_images=cfg.judge is not None, reserved=OUTPUT_COLUMNS)
+    hashes = {"seeds": table.sha256, "generator": model_hash(cfg.generator),
+              "recognizer": model_hash(cfg.recognizer),
+              "judge": model_hash(cfg.judge) if cfg.judge else None}
+    return Inputs(table=table, id_dim=facts["id_dim"], image_size=facts["image_size"],
+                  hashes=hashes, audit=audit)

@@ -1,0 +1,141 @@
+"""The model deployments of the serve app (serve): the recogniser and the CemiFace generator.
+
+One image per call, batched by @serve.batch; each loads its model from the server config alone
+and names it by its content hash (cemiray.models.hashing.model_hash). The generator samples each
+batch by the requests' SamplingSpec (cemiray.diffusion.closed_loop.sample).
+
+(No `from __future__ import annotations` here: Serve ships these classes to replicas by value.)
+"""
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+
+from cemiray.diffusion.sampling import SamplingSpec
+from cemiray.models.hashing import model_hash
+from cemiray.serve.config import GENERATOR, RECOGNIZER, ServeConfig
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to generate; jobs of one batch sharing a sampling spec are sampled together."""
+
+    embedding: np.ndarray
+    m: float
+    seed: int
+    spec: SamplingSpec
+
+
+class BatchStats:
+    def __init__(self) -> None:
+        self.batches = self.items = self.largest = 0
+
+    def record(self, size: int) -> None:
+        self.batches, self.items, self.largest = self.batches + 1, self.items + size, max(
+            self.largest, size)
+
+    def as_dict(self) -> dict:
+        return {"batches": self.batches, "items": self.items, "largest_batch": self.largest}
+
+
+@serve.deployment(name=RECOGNIZER)
+class RecognizerModel:
+    """The face recogniser: one image per call (any size; resized to the model's input)."""
+
+    def __init__(self, cfg: ServeConfig):
+        from cemiray.models.recognizer import load_recognizer
+
+        self.uri = cfg.recognizer
+        self.content_hash = model_hash(cfg.recognizer)
+        self.recognizer = load_recognizer(cfg.recognizer, device=cfg.device)
+        self.stats = BatchStats()
+        self.embed.set_max_batch_size(cfg.max_batch_size)
+        self.embed.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    def info(self) -> dict:
+        rec = self.recognizer
+        return {"uri": self.uri, "content_hash": self.content_hash, "details": {
+            "kind": type(rec).__name__, "dim": rec.dim, "input_size": rec.input_size,
+            **self.stats.as_dict()}}
+
+    def ping(self) -> str:
+        return "ok"
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def embed(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        self.stats.record(len(images))
+        return await asyncio.to_thread(self._embed, images)
+
+    def _embed(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        from cemiray.models.recognizer import images_to_tensor, resize_square
+
+        size = self.recognizer.input_size
+        # np.array copies: arrays from the object store are read-only, which torch warns about.
+        x = torch.cat([resize_square(images_to_tensor(np.array(im[None])), size) for im in images])
+        return list(self.recognizer.embed(x))
+
+
+@serve.deployment(name=GENERATOR)
+class GeneratorModel:
+    """The CemiFace sampler plus its own copy of the recogniser, which measures each image's
+    achieved similarity (and drives the closed loop)."""
+
+    def __init__(self, cfg: ServeConfig):
+        from cemiray.diffusion.pipeline import load_pipeline
+        from cemiray.models.recognizer import load_recognizer
+
+        self.uri = cfg.generator
+        self.pipe = load_pipeline(cfg.generator).to(cfg.device)
+        self.recognizer = load_recognizer(cfg.recognizer, device=cfg.device)
+        id_dim = self.pipe.condition_encoder.config.id_dim
+        if id_dim != self.recognizer.dim:
+            raise ValueError(f"generator {cfg.generator} takes {id_dim}-d identities but "
+                             f"recogniser {cfg.recognizer} gives {self.recognizer.dim}-d ones")
+        timesteps = self.pipe.scheduler.config.num_train_timesteps
+        if cfg.max_steps > timesteps:
+            raise ValueError(f"max_steps={cfg.max_steps} exceeds the generator's "
+                             f"{timesteps} training timesteps")
+        self.content_hash = model_hash(cfg.generator)
+        self.stats = BatchStats()
+        self.generate.set_max_batch_size(cfg.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    def info(self) -> dict:
+        cfg = self.pipe.condition_encoder.config
+        return {"uri": self.uri, "content_hash": self.content_hash, "details": {
+            "image_size": self.pipe.unet.config.sample_size, "id_dim": cfg.id_dim,
+            "stored_scheduler": type(self.pipe.scheduler).__name__, **self.stats.as_dict()}}
+
+    def ping(self) -> str:
+        return "ok"
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def generate(self, jobs: list[ImageJob]) -> list[dict]:
+        self.stats.record(len(jobs))
+        return await asyncio.to_thread(self._generate, jobs)
+
+    def _generate(self, jobs: list[ImageJob]) -> list[dict]:
+        import torch
+
+        from cemiray.diffusion.closed_loop import sample
+
+        results: list[dict] = [{} for _ in jobs]
+        groups: dict[SamplingSpec, list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            groups[job.spec].append(i)
+        for spec, index in groups.items():
+            ids = torch.from_numpy(np.stack([jobs[i].embedding for i in index]))
+            sims = torch.tensor([jobs[i].m for i in index], dtype=torch.float32)
+            out = sample(self.pipe, spec, ids, sims, [jobs[i].seed for i in index],
+                         self.recognizer)
+            within = out.within_tolerance
+            for j, i in enumerate(index):
+                results[i] = {"image": out.images[j], "similarity": float(out.similarity[j]),
+                              "seed": int(out.seeds[j]), "tries": int(out.tries[j]),
+                              "within_tolerance": None if within is None else bool(within[j])}
+        return results
