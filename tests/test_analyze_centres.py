@@ -24,6 +24,7 @@ from cemiray.eval.centre_groups import (
 )
 from cemiray.models import get_margin_head, save_model_folder
 from cemiray.models.recognizer import load_recognizer
+from cemiray.train.fr import fr_config
 
 
 def crafted(cosines: list[list[float]], dim: int = 8):
@@ -150,8 +151,9 @@ def test_config_rejects_bad_options() -> None:
         AnalyzeCentresConfig(holdout_pairs=101)
     with pytest.raises(ValueError, match="margin"):
         AnalyzeCentresConfig(fr={"margin": "wide"})
-    assert AnalyzeCentresConfig(fr={"margin": 0.35}).fr_config("o", "toyfaces:?ids=0-1&samples=2",
-                                                              None, 5).margin == 0.35
+    recipe = AnalyzeCentresConfig(fr={"margin": 0.35}).fr_recipe()
+    group = fr_config(recipe, out="o", data="toyfaces:?ids=0-1&samples=2", max_steps=5)
+    assert (group.margin, group.max_steps, group.eval_every, group.width) == (0.35, 5, 10**9, 16)
 
 
 DATA = "toyfaces:?seed=0&ids=0-19&samples=8&size=16"

@@ -1,8 +1,9 @@
-"""`cemiray analyze-centres`: CemiFace's Table 1 on any labelled face set. Every image is
-embedded by a trained recogniser (a Ray Data actor pass), scored by cosine similarity to its
-class centre, the set is cut into k groups by that similarity, a face-recognition model is
-trained on each group (train-fr, identical settings and step counts) and scored on one
-verification `.bin`. The paper found the moderate groups train the best models.
+"""`cemiray analyze-centres` (apps part): CemiFace's Table 1 on any labelled face set.
+
+Every image is embedded by a trained recogniser (a Ray Data actor pass), scored by cosine
+similarity to its class centre, the set is cut into k groups by that similarity, a
+face-recognition model is trained on each group (train-fr, identical settings and step counts)
+and scored on one verification `.bin`. The paper found the moderate groups train the best models.
 
 Outputs under `out`: `config.json`, `verification.bin` (when rendered from held-out ToyFaces
 identities), `groups/<g>/part-*.parquet` (the group's images, labels renumbered 0..n−1 within
@@ -12,16 +13,13 @@ and `centres.json` (the table and its provenance). A rerun starts over."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from cemiray.data import storage
 from cemiray.runtime.config import JobConfig, RayConfig
 from cemiray.train.settings import DistributedConfig
-
-if TYPE_CHECKING:
-    from cemiray.train.fr import TrainFRConfig
 
 # TrainFRConfig fields this job sets itself: per group, or from its own fields of the same name.
 FR_SET_PER_GROUP = ("out", "data", "verification", "max_steps", "distributed", "ray")
@@ -77,31 +75,29 @@ class AnalyzeCentresConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self) -> AnalyzeCentresConfig:
-        from cemiray.data.sources import parse_source
-        from cemiray.train.fr import TrainFRConfig
+        from cemiray.data.sources import Source
+        from cemiray.train.fr import fr_config
 
         if self.holdout_pairs % 2:
             raise ValueError(f"holdout_pairs={self.holdout_pairs} must be even")
         if self.verification is None:
-            if parse_source(self.data).kind != "toyfaces":
+            if Source.parse(self.data).kind != "toyfaces":
                 raise ValueError("verification: required when `data` is not a toyfaces: source "
                                  "(held-out identities are rendered only for ToyFaces)")
             self.holdout_ids()
-        unknown = sorted(set(self.fr) - set(TrainFRConfig.model_fields))
         taken = sorted(set(self.fr) & set(FR_SET_PER_GROUP + FR_OWN_FIELDS + ("head",)))
-        if unknown:
-            raise ValueError(f"fr: {unknown} are not TrainFRConfig fields")
         if taken:
             raise ValueError(f"fr: {taken} are set by this job or by its own options of the "
                              "same name (`loss` for train-fr's `head`): use those")
-        self.fr_config("memory://check/fr", "toyfaces:?ids=0-1&samples=2", None, 1)
+        fr_config(self.fr_recipe(), out="memory://check/fr", data="toyfaces:?ids=0-1&samples=2",
+                  max_steps=1)
         return self
 
     def holdout_ids(self) -> range:
         """ToyFaces identities of the rendered verification set; none of them in `data`."""
-        from cemiray.data.sources import parse_ids, parse_source
+        from cemiray.data.sources import Source
 
-        ids = parse_ids(parse_source(self.data).params["ids"])
+        ids = Source.parse(self.data).toy.identities
         first = max(ids) + 1 if self.holdout_first is None else self.holdout_first
         held_out = range(first, first + self.holdout_identities)
         overlap = sorted(set(held_out) & set(ids))
@@ -110,27 +106,23 @@ class AnalyzeCentresConfig(JobConfig):
                              f"(e.g. {overlap[:5]})")
         return held_out
 
-    def fr_config(self, out: str, data: str, verification: str | None,
-                  max_steps: int) -> TrainFRConfig:
-        """The train-fr config of one group: the same for every group but `out` and `data`."""
-        from cemiray.train.fr import TrainFRConfig
-
+    def fr_recipe(self) -> dict[str, Any]:
+        """What every group's train-fr run shares (cemiray.train.fr.fr_config adds `out`,
+        `data`, `verification` and `max_steps`); `fr` may add or change any other field."""
         own = {name: getattr(self, name) for name in FR_OWN_FIELDS}
-        return TrainFRConfig(out=out, data=data, verification=verification, max_steps=max_steps,
-                             head=self.loss, distributed=self.distributed, ray=self.ray,
-                             **{"eval_every": 10**9, **own, **self.fr})
+        return {"eval_every": 10**9, **own, "head": self.loss, "distributed": self.distributed,
+                "ray": self.ray, **self.fr}
 
 
 def toyfaces_holdout(cfg: AnalyzeCentresConfig, url: str) -> dict:
     """Render a verification .bin of ToyFaces identities outside `data`, from its world."""
-    from cemiray.data.sources import parse_source
+    from cemiray.data.sources import Source
     from cemiray.pipeline.render import RenderConfig, write_verification_bin
     from cemiray.runtime.config import WorldConfig
 
-    params = parse_source(cfg.data).params
+    toy = Source.parse(cfg.data).toy
     held_out = cfg.holdout_ids()
-    world = WorldConfig(seed=int(params["seed"]), size=int(params["size"]),
-                        difficulty=float(params["difficulty"]))
+    world = WorldConfig(seed=toy.seed, size=toy.size, difficulty=toy.difficulty)
     render_cfg = RenderConfig(world=world, first_identity=held_out.start,
                               num_identities=cfg.holdout_identities,
                               samples_per_identity=cfg.holdout_samples, bin_pairs=cfg.holdout_pairs)
@@ -142,13 +134,13 @@ def toyfaces_holdout(cfg: AnalyzeCentresConfig, url: str) -> dict:
 def check_inputs(cfg: AnalyzeCentresConfig):
     """Open the model, the centres and the .bin before any Ray work, so a missing or malformed
     file fails at once with its name. Returns (recogniser, centres or None)."""
-    from cemiray.data.sources import parse_source
+    from cemiray.data.sources import Source
     from cemiray.data.verification_bin import load_bin
     from cemiray.eval.centre_groups import CentreError, load_centres
     from cemiray.eval.verification import check_folds
     from cemiray.models.recognizer import load_recognizer
 
-    source = parse_source(cfg.data)
+    source = Source.parse(cfg.data)
     if source.num_rows() == 0:
         raise ValueError(f"{cfg.data}: the source holds no images")
     recognizer = load_recognizer(cfg.model)
@@ -172,9 +164,10 @@ def check_inputs(cfg: AnalyzeCentresConfig):
 
 def embed_source(cfg: AnalyzeCentresConfig):
     """(embeddings, labels) of every row of `data`, in source order."""
+    from cemiray.data.sources import Source
     from cemiray.pipeline.embed import collect_embeddings, embed_dataset, read_face_sources
 
-    ds, _ = read_face_sources([cfg.data], rows_per_task=cfg.rows_per_task)
+    ds, _ = read_face_sources([Source.parse(cfg.data)], rows_per_task=cfg.rows_per_task)
     ds = embed_dataset(ds, cfg.model, batch_size=cfg.embed_batch_size,
                        num_actors=(1, cfg.embed_actors), cpus_per_actor=cfg.cpus_per_actor,
                        use_gpu=cfg.distributed.use_gpu)
@@ -201,10 +194,8 @@ def _write_part(item: dict) -> list[int]:
     import numpy as np
 
     from cemiray.data.parquet_shards import write_shard
-    from cemiray.data.sources import parse_source
-
     uri, start = item["uri"], item["start"]
-    rows = list(parse_source(uri).iter_rows(shard=item["part"], num_shards=item["parts"]))
+    rows = list(item["source"].iter_rows(shard=item["part"], num_shards=item["parts"]))
     if len(rows) != item["stop"] - start:
         raise ValueError(f"{uri}: part {item['part']} of {item['parts']} yielded {len(rows)} rows, "
                          f"expected {item['stop'] - start} (did the source change?)")
@@ -231,6 +222,9 @@ def write_groups(cfg: AnalyzeCentresConfig, groups, folders: list[str]) -> list[
     """Each group's images as Parquet shards, one Ray task per part of the source."""
     import ray
 
+    from cemiray.data.sources import Source
+
+    source = Source.parse(cfg.data)
     labels = group_labels(groups)
     n = len(groups.labels)
     parts = -(-n // cfg.rows_per_task)
@@ -239,7 +233,8 @@ def write_groups(cfg: AnalyzeCentresConfig, groups, folders: list[str]) -> list[
     for part in range(parts):
         lo, hi = n * part // parts, n * (part + 1) // parts
         refs.append(task.remote({
-            "uri": cfg.data, "part": part, "parts": parts, "start": lo, "stop": hi,
+            "uri": cfg.data, "source": source, "part": part, "parts": parts, "start": lo,
+            "stop": hi,
             "group": groups.group[lo:hi], "label": labels[lo:hi],
             "source_label": groups.labels[lo:hi], "similarity": groups.similarity[lo:hi],
             "folders": folders,
@@ -280,8 +275,10 @@ def run(cfg: AnalyzeCentresConfig) -> dict:
     import json
 
     from cemiray import __version__
+    from cemiray.data.sources import Source
     from cemiray.eval.centre_groups import group_by_centre_similarity
     from cemiray.runtime.cluster import init_ray
+    from cemiray.train.fr import fr_config
     from cemiray.train.fr import run as train_fr
 
     cfg = cfg.model_copy(update={
@@ -324,8 +321,9 @@ def run(cfg: AnalyzeCentresConfig) -> dict:
         g = row["group"]
         print(f"analyze-centres: group {g} ({row['images']} images, mean similarity "
               f"{row['mean_similarity']:.4f}): train-fr for {steps} steps", flush=True)
-        fr_cfg = cfg.fr_config(storage.join(cfg.out, "fr", str(g)), f"parquet:{folder}",
-                               verification, steps)
+        data = Source.at("parquet", folder).uri
+        fr_cfg = fr_config(cfg.fr_recipe(), out=storage.join(cfg.out, "fr", str(g)), data=data,
+                           verification=verification, max_steps=steps)
         t0 = time.perf_counter()
         result = train_fr(fr_cfg)
         seconds["train"].append(round(time.perf_counter() - t0, 1))

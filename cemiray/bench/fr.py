@@ -58,10 +58,12 @@ def _fr_config(cfg: BenchFRConfig, out: str, data: str, **kw):
                          distributed=cfg.distributed, ray=cfg.ray, **kw)
 
 
-def _toyfaces(cfg: BenchFRConfig, first: int, count: int) -> str:
+def _toyfaces(cfg: BenchFRConfig, first: int, count: int):
+    from cemiray.data.sources import Source
+
     w = cfg.world
-    return (f"toyfaces:?seed={w.seed}&size={w.size}&difficulty={w.difficulty}"
-            f"&ids={first}-{first + count - 1}&samples={cfg.samples_per_identity}")
+    return Source.toyfaces(range(first, first + count), samples=cfg.samples_per_identity,
+                           seed=w.seed, size=w.size, difficulty=w.difficulty)
 
 
 def plain_loop_img_per_s(fr_cfg, rows: list[dict], steps: int, log_every: int) -> float:
@@ -117,10 +119,8 @@ def ray_train_img_per_s(fr_cfg) -> float:
 
 
 def efficiency(cfg: BenchFRConfig) -> dict:
-    from cemiray.data.sources import parse_source
-
-    data = _toyfaces(cfg, 0, cfg.ratio_identities)
-    rows = list(parse_source(data).iter_rows())
+    source = _toyfaces(cfg, 0, cfg.ratio_identities)
+    rows = list(source.iter_rows())
     log_every = max(2, cfg.ratio_steps // 5)
     ray_rates, plain_rates, scaled_rates = [], [], []
     threads = cfg.distributed.torch_threads or 2
@@ -128,7 +128,7 @@ def efficiency(cfg: BenchFRConfig) -> dict:
         "num_workers": cfg.scaling_workers, "cpus_per_worker": 1.0 / cfg.scaling_workers,
         "torch_threads": max(1, threads // cfg.scaling_workers)})
     for rep in range(cfg.ratio_repeats):
-        fr_cfg = _fr_config(cfg, storage.join(cfg.out, f"ratio_ray_{rep}"), data,
+        fr_cfg = _fr_config(cfg, storage.join(cfg.out, f"ratio_ray_{rep}"), source.uri,
                             max_steps=cfg.ratio_steps, log_every=log_every, epochs=1)
         ray_rates.append(ray_train_img_per_s(fr_cfg))
         plain_rates.append(plain_in_worker(fr_cfg, rows, cfg.ratio_steps, log_every))
@@ -156,7 +156,7 @@ def orl_report(cfg: BenchFRConfig, backbone_url: str) -> dict:
     import numpy as np
 
     from cemiray.data.images import decode_image
-    from cemiray.data.sources import parse_source
+    from cemiray.data.sources import Source
     from cemiray.eval.score_distributions import (
         plot_det,
         plot_distributions,
@@ -166,7 +166,7 @@ def orl_report(cfg: BenchFRConfig, backbone_url: str) -> dict:
     from cemiray.models.recognizer import load_recognizer
 
     recognizer = load_recognizer(backbone_url)
-    rows = list(parse_source(cfg.orl).iter_rows())
+    rows = list(Source.parse(cfg.orl).iter_rows())
     images = np.stack([decode_image(r["image"]) for r in rows])
     report = score_report(recognizer.embed(images), [r["label"] for r in rows], name="orl")
     save_report_json(report, storage.join(cfg.out, "orl_scores.json"))
@@ -194,7 +194,8 @@ def run(cfg: BenchFRConfig) -> dict:
                                    samples_per_identity=cfg.samples_per_identity,
                                    formats=["bin"], bin_pairs=cfg.bin_pairs, ray=cfg.ray))
         fr_cfg = _fr_config(cfg, storage.join(cfg.out, "calibration"),
-                            _toyfaces(cfg, 0, cfg.train_identities), verification=test["bin"],
+                            _toyfaces(cfg, 0, cfg.train_identities).uri,
+                            verification=test["bin"],
                             epochs=cfg.epochs, warmup_steps=50, eval_every=100, log_every=20)
         from cemiray.train.fr import run as train_fr
 

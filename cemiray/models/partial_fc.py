@@ -1,6 +1,8 @@
-"""Partial FC (An et al., CVPR 2022): the class centres of a very large classification head are
-sharded across workers, and each step uses every positive centre plus a random sample of the
-negative ones.
+"""Partial FC (models part): class centres sharded across workers, negatives sampled.
+
+After An et al., CVPR 2022: the class centres of a very large classification head are split
+across workers, and each step uses every positive centre plus a random sample of the negative
+ones. train-fr wires it in with `partial_fc` (cemiray.train.fr_model.CentreShard).
 
 Every worker gathers the embeddings and labels of the whole global batch, computes the margin
 logits against its own (sampled) shard, and the softmax is normalised across shards with two
@@ -86,7 +88,8 @@ class PartialFC(nn.Module):
     `backbone_grads_averaged`: when the backbone's gradients are averaged across workers (DDP,
     DeepSpeed), the gradient sent back to each worker's embeddings is multiplied by world_size
     so that the average is the gradient of the global-batch loss. The centre shard is owned by
-    one worker and must not be wrapped in DDP.
+    one worker and must not be wrapped in DDP. `generator` draws the initial centres (default:
+    torch's global one); give each worker its own so that no two shards start alike.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class PartialFC(nn.Module):
         world_size: int | None = None,
         group: Any = None,
         backbone_grads_averaged: bool = True,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < sample_rate <= 1.0:
@@ -128,7 +132,8 @@ class PartialFC(nn.Module):
         self.class_start, self.num_local = shard_range(self.num_classes, self.rank,
                                                        self.world_size)
         self.num_sample = max(1, int(self.sample_rate * self.num_local))
-        self.weight = nn.Parameter(torch.normal(0.0, 0.01, (self.num_local, self.embedding_dim)))
+        self.weight = nn.Parameter(torch.normal(0.0, 0.01, (self.num_local, self.embedding_dim),
+                                                generator=generator))
         self.sampled_index: torch.Tensor | None = None  # local centres used by the last step
 
     def _gather(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:

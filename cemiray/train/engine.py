@@ -1,5 +1,7 @@
-"""What both trainers share: the DeepSpeed engine inside a Ray Train worker, checkpoints through
-`ray.train.report`, resume after a worker failure, metrics as JSON lines, and the trainer itself.
+"""The trainers' shared engine (train part): DeepSpeed inside Ray Train workers, checkpoints.
+
+What every training job shares: the DeepSpeed engine inside a Ray Train worker, checkpoints
+through `ray.train.report`, resume after a worker failure, metrics as JSON lines, the trainer.
 
 Checkpoints: every rank calls `engine.save_checkpoint` into its own temporary folder and reports
 it; Ray merges the ranks' files into one checkpoint under `storage_path`. On a restart (worker
@@ -13,6 +15,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -66,9 +69,11 @@ def initialize(model, optimizer, dist: DistributedConfig, micro_batch: int, lr_s
     return engine, optimizer, lr_scheduler
 
 
-def restore(engine, resume_from: str | None = None) -> dict | None:
+def restore(engine, resume_from: str | None = None,
+            load_more: Callable[[str], None] | None = None) -> dict | None:
     """Load the latest checkpoint of this run (after a failure) or `resume_from`; return the client
-    state saved with it, or None for a fresh start."""
+    state saved with it, or None for a fresh start. `load_more(folder)` reads what the worker
+    saved beside the engine (see `save_and_report`)."""
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
@@ -78,15 +83,23 @@ def restore(engine, resume_from: str | None = None) -> dict | None:
         return None
     with ckpt.as_directory() as folder:
         _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+        if load_more:
+            load_more(folder)
     return client_state or {}
 
 
-def save_and_report(engine, metrics: dict, client_state: dict) -> None:
-    """Every rank saves its part of the engine state and reports it with the metrics."""
+def save_and_report(engine, metrics: dict, client_state: dict,
+                    save_more: Callable[[str], None] | None = None) -> None:
+    """Every rank saves its part of the engine state and reports it with the metrics.
+    `save_more(folder)` adds this rank's state that lives outside the engine (files named by
+    rank: Ray merges every rank's folder into one checkpoint). DeepSpeed keeps `client_state`
+    from rank 0 only."""
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="cemiray-ckpt-") as tmp:
         engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state=client_state)
+        if save_more:
+            save_more(tmp)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 

@@ -1,15 +1,17 @@
-"""`cemiray train-fr`: an IResNet backbone + margin head trained with Ray Train and DeepSpeed.
+"""`cemiray train-fr` (train part): an IResNet backbone + margin head on Ray Train + DeepSpeed.
 
 The same code runs on 2 CPU workers here and on N GPU workers in a cluster: only the
 `distributed` section changes. Progress is counted in images seen so it does not depend on the
 number of workers; the final backbone (and the head's class centres) are exported as folders of
-`config.json` + safetensors."""
+`config.json` + safetensors. With `partial_fc` the class centres are sharded across the workers
+(cemiray.train.fr_model.CentreShard) for many-identity synthetic sets; the export is the same."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field, model_validator
 
 from cemiray.data import storage
 from cemiray.runtime.config import JobConfig, RayConfig
@@ -27,6 +29,10 @@ class TrainFRConfig(JobConfig):
     head: str = Field("cosface", description="arcface | cosface | adaface")
     margin: float = 0.4
     scale: float = 64.0
+    partial_fc: bool = Field(False, description="shard the class centres across the workers "
+                             "(Partial FC), outside DeepSpeed; the backbone stays data-parallel")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="Partial FC: share of each shard's "
+                               "centres used per step (every positive, then random negatives)")
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     batch_size: int = Field(64, ge=2, description="micro-batch per worker")
@@ -52,27 +58,35 @@ class TrainFRConfig(JobConfig):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
+    @model_validator(mode="after")
+    def _check(self) -> TrainFRConfig:
+        if self.sample_rate < 1 and not self.partial_fc:
+            raise ValueError("sample_rate < 1 samples Partial FC's negative centres: set "
+                             "partial_fc=true")
+        return self
+
+
+def fr_config(recipe: BaseModel | dict[str, Any], **run: Any) -> TrainFRConfig:
+    """The train-fr config of one run of a study: the study's shared FR recipe (a model or a
+    dict whose fields are all TrainFRConfig fields) with this run's fields (out, data, ...)
+    on top."""
+    fields = recipe.model_dump() if isinstance(recipe, BaseModel) else dict(recipe)
+    unknown = sorted(set(fields) - set(TrainFRConfig.model_fields))
+    if unknown:
+        raise ValueError(f"FR recipe: {unknown} are not TrainFRConfig fields")
+    return TrainFRConfig(**{**fields, **run})
+
 
 def build_model(cfg: TrainFRConfig, num_classes: int):
-    import torch
+    """`FaceRecognitionModel` (cemiray.train.fr_model) from the config; with `partial_fc` its
+    head is this worker's centre shard."""
+    from cemiray.train.fr_model import build_face_model
 
-    from cemiray.models import get_backbone, get_margin_head
-
-    class FaceRecognitionModel(torch.nn.Module):
-        """Backbone + margin head; forward returns the loss (what DeepSpeed wraps)."""
-
-        def __init__(self):
-            super().__init__()
-            self.backbone = get_backbone(cfg.backbone, input_size=cfg.input_size,
-                                         num_features=cfg.embedding_dim, width=cfg.width)
-            self.head = get_margin_head(cfg.head, num_classes=num_classes,
-                                        embedding_dim=cfg.embedding_dim, s=cfg.scale,
-                                        m=cfg.margin)
-
-        def forward(self, x, labels):
-            return self.head(self.backbone(x), labels)
-
-    return FaceRecognitionModel()
+    return build_face_model(backbone=cfg.backbone, input_size=cfg.input_size,
+                            embedding_dim=cfg.embedding_dim, width=cfg.width, head=cfg.head,
+                            num_classes=num_classes, scale=cfg.scale, margin=cfg.margin,
+                            partial_fc=cfg.partial_fc, sample_rate=cfg.sample_rate,
+                            seed=cfg.seed)
 
 
 def lr_lambda(cfg: TrainFRConfig, total_steps: int):
@@ -142,6 +156,7 @@ def train_loop(config: dict) -> None:
     from cemiray.data.augment import augment
     from cemiray.train import engine as eng
     from cemiray.train.face_data import decode_batch
+    from cemiray.train.fr_model import CentreShard, FaceRecognitionModel
 
     cfg = TrainFRConfig.model_validate(config["cfg"])
     rank, world, device, total_steps = eng.worker_context(
@@ -150,10 +165,15 @@ def train_loop(config: dict) -> None:
     num_classes = config["num_classes"]
 
     model = build_model(cfg, num_classes).to(device)
-    optimizer = make_optimizer(cfg, model.parameters())
+    # Partial FC: DeepSpeed trains (and all-reduces) the backbone only; the centre shard has
+    # its own optimizer and its own file in every checkpoint.
+    centres = CentreShard(model.head, make_optimizer(cfg, model.head.parameters()),
+                          lr_lambda(cfg, total_steps)) if cfg.partial_fc else None
+    trained = model.backbone if centres else model
+    optimizer = make_optimizer(cfg, trained.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
-    engine, _, _ = eng.initialize(model, optimizer, cfg.distributed, cfg.batch_size, scheduler)
-    state = eng.restore(engine, cfg.resume_from) or {}
+    engine, _, _ = eng.initialize(trained, optimizer, cfg.distributed, cfg.batch_size, scheduler)
+    state = eng.restore(engine, cfg.resume_from, centres.load if centres else None) or {}
     step, images_seen = int(state.get("step", 0)), int(state.get("images_seen", 0))
     eng.record_worker(cfg.out, rank)
     log = eng.MetricsLog(storage.join(cfg.out, "metrics.jsonl"), enabled=rank == 0)
@@ -176,11 +196,15 @@ def train_loop(config: dict) -> None:
             epoch_batches += 1
             x = augment(decode_batch(batch["image"], cfg.input_size), cfg.augment, gen)
             y = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
-            loss = engine(x.to(device, dtype), y)
+            x = x.to(device, dtype)
+            loss = model.head(engine(x), y) if centres else engine(x, y)
             engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()  # before step() counts it
             engine.step()
-            if not engine.is_gradient_accumulation_boundary():
+            if not boundary:
                 continue
+            if centres:
+                centres.step()
             step += 1
             images_seen += cfg.batch_size * cfg.distributed.grad_accum * world
             n_window += cfg.batch_size * cfg.distributed.grad_accum * world
@@ -194,36 +218,42 @@ def train_loop(config: dict) -> None:
             if probe and (step % cfg.eval_every == 0 or step == total_steps):
                 log.write({"event": "eval", "step": step, **probe(model.backbone, device)})
             if step % cfg.distributed.checkpoint_every == 0 or step == total_steps:
-                eng.save_and_report(engine, metrics, {"step": step, "images_seen": images_seen})
+                eng.save_and_report(engine, metrics, {"step": step, "images_seen": images_seen},
+                                    centres.save if centres else None)
             if step >= total_steps:
                 break
         if epoch_batches == 0:
             raise ValueError(f"train-fr: the data shard of rank {rank} holds fewer than one batch "
                              f"of {cfg.batch_size} images; lower batch_size or add data")
+    meta = {"steps": step, "images_seen": images_seen}
+    if centres:  # every rank sends its rows; rank 0 exports the whole head as without Partial FC
+        model = FaceRecognitionModel(model.backbone, centres.full_head())
+        meta["partial_fc"] = {"workers": world, "sample_rate": cfg.sample_rate}
     if rank == 0:
         if probe:
             metrics.update(probe(model.backbone, device))
-        export_model(model, cfg, num_classes, {"steps": step, "images_seen": images_seen})
+        export_model(model, cfg, num_classes, meta)
         log.write({"event": "done", **metrics})
 
 
 def run(cfg: TrainFRConfig) -> dict:
-    from cemiray.data.sources import parse_source
+    from cemiray.data.sources import Source
     from cemiray.runtime.cluster import init_ray
     from cemiray.train.engine import fit_job
     from cemiray.train.face_data import face_dataset, num_classes
 
+    source = Source.parse(cfg.data)
     cfg = cfg.model_copy(update={
         "out": storage.absolute(cfg.out),
         "verification": storage.absolute(cfg.verification),
         "resume_from": storage.absolute(cfg.resume_from),
-        "data": str(parse_source(cfg.data)),
+        "data": source.uri,
     })
     init_ray(cfg.ray)
     storage.makedirs(cfg.out)
     cfg.save(cfg.out)
     t0 = time.perf_counter()
-    ds = face_dataset(cfg.data, parts=cfg.read_parts)
+    ds = face_dataset(source, parts=cfg.read_parts)
     n_rows, n_classes = ds.count(), num_classes(ds)
     steps_per_epoch = max(1, n_rows // (cfg.batch_size * cfg.distributed.num_workers
                                         * cfg.distributed.grad_accum))

@@ -1,5 +1,7 @@
-"""`cemiray train-gen`: the CemiFace generator (UNet + condition encoder) trained with Ray Train
-and DeepSpeed, conditioned on a frozen recogniser's identity embedding and a similarity m.
+"""`cemiray train-gen` (train part): the CemiFace generator trained on Ray Train + DeepSpeed.
+
+The generator (UNet + condition encoder) is conditioned on a frozen recogniser's identity
+embedding and a similarity m; its train module is cemiray.train.diffusion_modules.
 
 Each worker reads its share of the data once into a `PairBank` (uint8 images + E_id embeddings,
 see cemiray.diffusion.pairing for the memory cost) and draws its examples from it with a seeded
@@ -92,27 +94,6 @@ class TrainGenConfig(JobConfig):
 
     def resolved_pairing(self) -> str:
         return self.pairing or self.resolved_preset().pairing
-
-
-def build_train_module(unet, encoder, noise_scheduler, loss_fn):
-    """The one nn.Module handed to DeepSpeed: UNet + condition encoder are its parameters; the
-    noise schedule and the loss (holding E_id) are plain attributes, outside the engine."""
-    import torch
-
-    from cemiray.diffusion.similarity_loss import training_step
-
-    class GeneratorTrainModule(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.unet, self.condition_encoder = unet, encoder
-            self.noise_scheduler, self.loss_fn = noise_scheduler, loss_fn
-
-        def forward(self, x_t, inquiry_emb, target_emb, m, generator=None, step=None):
-            return training_step(self.unet, self.condition_encoder, self.noise_scheduler, x_t,
-                                 inquiry_emb, m, self.loss_fn, generator=generator, step=step,
-                                 target_embeddings=target_emb)
-
-    return GeneratorTrainModule()
 
 
 class EmaWeights:
@@ -248,6 +229,7 @@ def train_loop(config: dict) -> None:
     from cemiray.diffusion.similarity_loss import SimilarityLoss
     from cemiray.models.recognizer import load_recognizer
     from cemiray.train import engine as eng
+    from cemiray.train.diffusion_modules import GeneratorTrainModule
 
     cfg = TrainGenConfig.model_validate(config["cfg"])
     preset = cfg.resolved_preset()
@@ -272,7 +254,7 @@ def train_loop(config: dict) -> None:
         recognizer, noise_scheduler, lambda_sim=cfg.lambda_sim, simmat_min_t=cfg.simmat_min_t,
         simmat_max_t=cfg.simmat_max_t, simmat_warmup_steps=cfg.simmat_warmup_steps,
     )
-    model = build_train_module(unet, encoder, noise_scheduler, loss_fn)
+    model = GeneratorTrainModule(unet, encoder, noise_scheduler, loss_fn)
     if cfg.init_from:
         load_generator_weights(model, cfg.init_from)
     model = model.to(device)
@@ -297,11 +279,12 @@ def train_loop(config: dict) -> None:
         x_t, e_q, e_t, m = sampler.batch(index, device)
         terms = engine(x_t.to(dtype), e_q, e_t, m, generator=gen, step=step)
         engine.backward(terms["total"])
+        boundary = engine.is_gradient_accumulation_boundary()  # before step() counts it
         engine.step()
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach().float())
         n_window += 1
-        if not engine.is_gradient_accumulation_boundary():
+        if not boundary:
             continue
         step += 1
         images_seen += per_step
@@ -323,6 +306,7 @@ def train_loop(config: dict) -> None:
 
 
 def run(cfg: TrainGenConfig) -> dict:
+    from cemiray.data.sources import Source
     from cemiray.models.recognizer import load_recognizer
     from cemiray.runtime.cluster import init_ray
     from cemiray.train.engine import fit_job
@@ -333,6 +317,7 @@ def run(cfg: TrainGenConfig) -> dict:
     cfg = cfg.model_copy(update={k: storage.absolute(getattr(cfg, k))
                                  for k in ("out", "recognizer", "resume_from", "init_from")})
     preset = cfg.resolved_preset()
+    source = Source.parse(cfg.data)
     recognizer = load_recognizer(cfg.recognizer)
     if recognizer.dim != preset.id_dim:
         raise ValueError(f"recognizer {cfg.recognizer} embeds to {recognizer.dim} dimensions but "
@@ -341,7 +326,7 @@ def run(cfg: TrainGenConfig) -> dict:
     init_ray(cfg.ray)
     storage.makedirs(cfg.out)
     cfg.save(cfg.out)
-    ds = face_dataset(cfg.data, parts=cfg.read_parts)
+    ds = face_dataset(source, parts=cfg.read_parts)
     n_rows, n_classes = ds.count(), num_classes(ds)
     if cfg.resolved_pairing() == "identity" and n_classes < 2:
         raise ValueError(f"train-gen: pairing 'identity' needs >= 2 identities in {cfg.data}")

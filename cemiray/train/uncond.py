@@ -1,5 +1,7 @@
-"""`cemiray train-uncond`: the unconditional DDPM face generator (cemiray.diffusion.unconditional)
-trained with Ray Train and DeepSpeed on the same engine as train-fr and train-gen.
+"""`cemiray train-uncond` (train part): the unconditional DDPM face generator on Ray Train.
+
+The generator (cemiray.diffusion.unconditional) trains with DeepSpeed on the same engine as
+train-fr and train-gen; its train module is cemiray.train.diffusion_modules.
 
 Its samples are identity seeds that belong to no real person (`cemiray seeds generator=…`).
 Identity labels are not used: every image is a training target. Weights are averaged (EMA) on
@@ -56,23 +58,6 @@ class TrainUncondConfig(JobConfig):
         return resolve_uncond_preset(self.preset, **self.preset_overrides)
 
 
-def build_train_module(unet, noise_scheduler):
-    """The nn.Module handed to DeepSpeed: forward(x0, generator) returns the denoising loss."""
-    import torch
-
-    from cemiray.diffusion.unconditional import denoising_loss
-
-    class UncondTrainModule(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.unet, self.noise_scheduler = unet, noise_scheduler
-
-        def forward(self, x0, generator=None):
-            return denoising_loss(self.unet, self.noise_scheduler, x0, generator)
-
-    return UncondTrainModule()
-
-
 def export_generator(model, ema, cfg: TrainUncondConfig, meta: dict) -> str:
     """The EMA weights as a generator folder at out/generator."""
     from cemiray.diffusion.unconditional import (
@@ -81,9 +66,10 @@ def export_generator(model, ema, cfg: TrainUncondConfig, meta: dict) -> str:
         build_unet,
         save_unconditional,
     )
+    from cemiray.train.diffusion_modules import UncondTrainModule
 
     preset = cfg.resolved_preset()
-    holder = build_train_module(build_unet(preset), None)
+    holder = UncondTrainModule(build_unet(preset), None)
     holder.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
     ema.copy_to(holder)
     unet = holder.unet
@@ -102,6 +88,7 @@ def train_loop(config: dict) -> None:
 
     from cemiray.diffusion.unconditional import build_noise_scheduler, build_unet
     from cemiray.train import engine as eng
+    from cemiray.train.diffusion_modules import UncondTrainModule
     from cemiray.train.face_data import decode_batch
     from cemiray.train.gen import start_ema_training
 
@@ -111,7 +98,7 @@ def train_loop(config: dict) -> None:
         cfg.distributed, cfg.max_steps, cfg.epochs, config["steps_per_epoch"])
 
     torch.manual_seed(cfg.seed)
-    model = build_train_module(build_unet(preset), build_noise_scheduler(preset)).to(device)
+    model = UncondTrainModule(build_unet(preset), build_noise_scheduler(preset)).to(device)
     engine, scheduler, ema, state, log = start_ema_training(model, cfg, rank)
     step, images_seen = int(state.get("step", 0)), int(state.get("images_seen", 0))
     if rank == 0:
@@ -136,10 +123,11 @@ def train_loop(config: dict) -> None:
                 x[mirror] = x[mirror].flip(-1)
             loss = engine(x.to(device, dtype), generator=gen)
             engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()  # before step() counts it
             engine.step()
             loss_sum += float(loss.detach().float())
             n_window += 1
-            if not engine.is_gradient_accumulation_boundary():
+            if not boundary:
                 continue
             step += 1
             images_seen += per_step
@@ -166,22 +154,23 @@ def train_loop(config: dict) -> None:
 
 
 def run(cfg: TrainUncondConfig) -> dict:
-    from cemiray.data.sources import parse_source
+    from cemiray.data.sources import Source
     from cemiray.runtime.cluster import init_ray
     from cemiray.train.engine import fit_job
     from cemiray.train.face_data import face_dataset
 
+    source = Source.parse(cfg.data)
     cfg = cfg.model_copy(update={
         "out": storage.absolute(cfg.out),
         "resume_from": storage.absolute(cfg.resume_from),
-        "data": str(parse_source(cfg.data)),
+        "data": source.uri,
     })
     t0 = time.perf_counter()
     preset = cfg.resolved_preset()  # an unknown preset or field fails before any Ray work
     init_ray(cfg.ray)
     storage.makedirs(cfg.out)
     cfg.save(cfg.out)
-    ds = face_dataset(cfg.data, parts=cfg.read_parts)
+    ds = face_dataset(source, parts=cfg.read_parts)
     n_rows = ds.count()
     dist = cfg.distributed
     steps_per_epoch = max(1, n_rows // (cfg.batch_size * dist.num_workers * dist.grad_accum))
