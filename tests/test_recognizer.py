@@ -63,8 +63,10 @@ def test_model_folder_round_trip(tmp_path: Path, root: str) -> None:
     recognizer = load_recognizer(url)
     assert isinstance(recognizer, TorchRecognizer)
     assert (recognizer.input_size, recognizer.dim) == (16, 32)
-    weights = storage.read_bytes(storage.join(url, "model.safetensors"))
-    assert recognizer.content_hash == hashlib.sha256(weights).hexdigest()
+    # the model hash (cemiray.models.hashing) of a folder: SHA-256 of its `sha256sum` lines
+    lines = "".join(f"{hashlib.sha256(storage.read_bytes(storage.join(url, name))).hexdigest()}"
+                    f"  {name}\n" for name in ("config.json", "model.safetensors"))
+    assert recognizer.content_hash == hashlib.sha256(lines.encode()).hexdigest()
     images = random_images(5, 16)
     embeddings = recognizer.embed(images, batch_size=2)
     assert embeddings.shape == (5, 32) and embeddings.dtype == np.float32

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from cemiray.data import pixels
-from cemiray.models.recognizer import Recognizer, check_normalised_tensor, sha256_hex
+from cemiray.models.hashing import model_hash
+from cemiray.models.recognizer_base import Recognizer, check_normalised_tensor
 
 DESCRIPTOR = "dlib_face_recognition_resnet_model_v1.dat"
 LANDMARKS = "shape_predictor_5_face_landmarks.dat"
@@ -57,7 +58,7 @@ class DlibRecognizer(Recognizer):
         self._dlib = dlib
         self.encoder = dlib.face_recognition_model_v1(str(weights))
         self.landmarks = dlib.shape_predictor(str(folder / LANDMARKS))
-        self.content_hash = sha256_hex(weights.read_bytes())
+        self.content_hash = model_hash(str(weights))
         self.device = torch.device(device)
 
     def descriptor(self, image: np.ndarray) -> np.ndarray:

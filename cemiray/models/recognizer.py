@@ -1,5 +1,5 @@
-"""One interface over the face-recognition models users bring: cemiray model folders,
-arcface_torch `.pth` state dicts and insightface ONNX recognisers (`w600k_r50.onnx`, ...).
+"""Loading the face-recognition models users bring: cemiray model folders, arcface_torch `.pth`
+state dicts, insightface ONNX recognisers (`w600k_r50.onnx`, ...) and the dlib judge.
 
 Images go in as uint8 RGB (N x H x W x 3) or as float tensors already normalised to [-1, 1]
 (N x 3 x H x W); embeddings come out as unit vectors. Nothing is ever downloaded: a missing
@@ -8,11 +8,9 @@ file is an error.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import weakref
-from abc import ABC, abstractmethod
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -23,7 +21,14 @@ from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
 from cemiray.data import pixels, storage
+from cemiray.models.hashing import model_hash
 from cemiray.models.iresnet import LAYERS, get_backbone
+from cemiray.models.recognizer_base import (
+    Recognizer,
+    check_normalised_tensor,
+    check_uint8_images,
+    resize_square,
+)
 from cemiray.models.serialization import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -32,83 +37,6 @@ from cemiray.models.serialization import (
     parse_safetensors,
     parse_torch_state_dict,
 )
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def check_uint8_images(images: np.ndarray) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise TypeError(f"images must be a uint8 numpy array, got {type(images).__name__} "
-                        f"{getattr(images, 'dtype', '')}")
-    if images.ndim != 4 or images.shape[3] != 3:
-        raise ValueError(f"images must be N x H x W x 3 (RGB), got shape {images.shape}")
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 RGB N x H x W x 3 -> float32 N x 3 x H x W in [-1, 1]: (x/255 - 0.5)/0.5."""
-    check_uint8_images(images)
-    return pixels.from_numpy(images)
-
-
-def check_normalised_tensor(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
-        raise TypeError(f"expected a float tensor in [-1, 1], got {type(x).__name__} "
-                        f"{getattr(x, 'dtype', '')}")
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected N x 3 x H x W, got shape {tuple(x.shape)}")
-
-
-def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear (antialiased) resize of N x 3 x H x W to size x size; a no-op when it fits."""
-    if x.shape[2] == size and x.shape[3] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True)
-
-
-class Recognizer(ABC):
-    """A frozen face-recognition model: images -> unit embedding vectors."""
-
-    input_size: int
-    dim: int
-    content_hash: str
-
-    def embed(self, images: np.ndarray | torch.Tensor, normalize: bool = True,
-              batch_size: int = 64) -> np.ndarray:
-        """Embeddings (N x dim, float32) of uint8 RGB N x H x W x 3 images or of a float
-        N x 3 x H x W tensor already in [-1, 1]; images are resized to input_size.
-        `normalize=False` returns the raw features (the verification protocol sums the raw
-        features of an image and its flip before normalising)."""
-        if isinstance(images, np.ndarray):
-            check_uint8_images(images)
-            chunks = (images_to_tensor(images[i:i + batch_size])
-                      for i in range(0, len(images), batch_size))
-        else:
-            check_normalised_tensor(images)
-            chunks = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
-        outputs = [self._features(chunk.detach()) for chunk in chunks]
-        if not outputs:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        features = np.concatenate(outputs).astype(np.float32)
-        if normalize:
-            features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-        return features
-
-    @abstractmethod
-    def _features(self, x: torch.Tensor) -> np.ndarray:
-        """Raw features of a float N x 3 x H x W tensor in [-1, 1] (no gradient)."""
-
-    @abstractmethod
-    def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Unit embeddings (N x dim) of a float N x 3 x H x W tensor in [-1, 1]."""
-
-    @staticmethod
-    def to_similarity(cosine: np.ndarray) -> np.ndarray:
-        """The similarity reports show for a cosine of unit embeddings: the cosine itself, except
-        for recognisers whose own scale differs (dlib's distances)."""
-        return np.asarray(cosine, dtype=np.float64)
 
 
 class TorchRecognizer(Recognizer):
@@ -138,7 +66,7 @@ class TorchRecognizer(Recognizer):
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{config_url}: cannot build the backbone ({exc})") from exc
         load_strict(model, parse_safetensors(weights, weights_url), weights_url)
-        return cls(model, sha256_hex(weights), model.input_size, model.num_features, device)
+        return cls(model, model_hash(url), model.input_size, model.num_features, device)
 
     @classmethod
     def from_state_dict_file(cls, url: str, arch: str, device: str | torch.device = "cpu",
@@ -151,7 +79,7 @@ class TorchRecognizer(Recognizer):
         data = storage.read_bytes(url)
         model = get_backbone(arch, **backbone_options)
         load_strict(model, parse_torch_state_dict(data, url), url)
-        return cls(model, sha256_hex(data), model.input_size, model.num_features, device)
+        return cls(model, model_hash(url), model.input_size, model.num_features, device)
 
     def _features(self, x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -183,7 +111,7 @@ class OnnxRecognizer(Recognizer):
         if not storage.exists(url):
             raise FileNotFoundError(f"{url}: no such file")
         data = storage.read_bytes(url)
-        self.content_hash = sha256_hex(data)
+        self.content_hash = model_hash(url)
         self.device = torch.device(device)
         path = self._local_path(url, data)
         use_gpu = self.device.type == "cuda"
