@@ -2,6 +2,7 @@
 cards say how they were made, the folders load, and together they stay under 20 MB."""
 
 import hashlib
+import re
 import shutil
 
 import pytest
@@ -21,8 +22,8 @@ from cemiray.models.hashing import hash_lines, model_hash
 FOLDERS = sorted(p for p in (ASSETS / "toyfaces").iterdir() if p.is_dir())
 
 
-def test_the_embedded_default_ships_a_recogniser_and_a_generator():
-    assert {p.name for p in FOLDERS} == {"fr", "generator"}
+def test_the_embedded_default_ships_a_recogniser_a_generator_and_a_judge():
+    assert {p.name for p in FOLDERS} == {"fr", "generator", "judge"}
     assert TOYFACES_RECOGNIZER.endswith("fr") and TOYFACES_GENERATOR.endswith("generator")
 
 
@@ -32,6 +33,9 @@ def test_asset_files_match_their_card(folder):
     text = (folder / CARD_NAME).read_text()
     for needed in ("**command**", "**commit**", "**data**", "**wall time**", "Measured figures"):
         assert needed in text, f"{folder.name}: card lacks {needed}"
+    assert not re.search(r"(?<![\w.])/(work|home|root|tmp|Users)/", text), (
+        f"{folder.name}: the card names a path of the machine that made it; use paths relative "
+        "to the repository")
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
@@ -86,3 +90,22 @@ def test_assets_load():
     assert recognizer.input_size == 32 and recognizer.dim == 512
     pipe = load_pipeline(TOYFACES_GENERATOR)
     assert pipe.unet.config.sample_size == 32
+
+
+def test_the_judge_is_independent_of_e_id_and_at_least_as_accurate():
+    """The judge shares no training identity, architecture or margin with E_id, and its card's
+    held-out accuracy is at least E_id's on the same pairs."""
+    import json
+
+    from cemiray.assets import TOYFACES_JUDGE
+    from cemiray.models.recognizer import load_recognizer
+
+    text = (ASSETS / "toyfaces" / "judge" / CARD_NAME).read_text()
+    figures = json.loads(text.split("```json")[1].split("```")[0])
+    assert figures["verification_accuracy"] >= figures["e_id_on_the_same_set"][
+        "verification_accuracy"]
+    judge, e_id = load_recognizer(TOYFACES_JUDGE), load_recognizer(TOYFACES_RECOGNIZER)
+    assert judge.content_hash != e_id.content_hash
+    assert type(judge.model).__name__ == type(e_id.model).__name__  # both IResNets …
+    assert len(judge.model.layer3) != len(e_id.model.layer3)  # … of different depth
+    assert "ids=10000-10999" in text and "head=arcface" in text
