@@ -5,6 +5,11 @@ is measured with the recogniser E_id against the inquiry embedding. Reported: me
 per target, Spearman's rank correlation between target and achieved over all images, the mean
 |achieved − target| open-loop (per sampler: DDIM-20 and DPM-Solver++-10 by default) and after
 closed-loop re-drawing (cemiray.diffusion.closed_loop).
+
+E_id conditions the generator, sits in its loss and picks the closed loop's tries, so its figures
+can flatter it. With a `judge` (a recogniser that played no part in making the images) the same
+figures are measured again by the judge, between each kept image and the inquiry image, under
+`metrics["judge"]`; the E_id figures stay beside them.
 """
 
 from __future__ import annotations
@@ -58,6 +63,20 @@ def _sample(pipe, recognizer, emb, m, seeds, steps, scheduler, batch_size, guida
     return np.concatenate(images), np.concatenate(sims).astype(np.float64)
 
 
+def judge_similarity(judge, inquiry: np.ndarray, images: np.ndarray,
+                     identity: np.ndarray) -> np.ndarray:
+    """The judge's similarity of each image to the inquiry image of its identity."""
+    reference = judge.embed(inquiry)
+    embedded = judge.embed(images)
+    cosine = np.sum(embedded.astype(np.float64) * reference[identity], axis=1)
+    return judge.to_similarity(cosine)
+
+
+def _per_target(grid: np.ndarray, targets: list[float]) -> list[dict]:
+    return [{"target": t, "mean": float(grid[:, j].mean()), "std": float(grid[:, j].std()),
+             "n": int(grid[:, j].size)} for j, t in enumerate(targets)]
+
+
 def _scores(target: np.ndarray, achieved: np.ndarray) -> dict:
     from scipy.stats import spearmanr
 
@@ -81,18 +100,24 @@ def control_report(
     batch_size: int = 64,
     guidance_scale: float = 1.0,
     guidance_m: float = 0.0,
+    judge=None,
 ) -> ControlReport:
     """Measure control on `inquiry` (uint8 N×H×W×3 inquiry images, or N×D unit embeddings).
 
     Image k of identity i at target j uses seed `seed + (i·len(targets) + j)·images_per_target
     + k`, the same for every sampler. metrics: `per_target` [{target, mean, std, n}],
     `spearman` and `mae` (main sampler `scheduler`-`steps`, open loop), `samplers`
-    {"name-steps": {spearman, mae}}, `closed_loop` {mae, within_tolerance, mean_tries}."""
+    {"name-steps": {spearman, mae}}, `closed_loop` {mae, within_tolerance, mean_tries}. With a
+    `judge` (needs inquiry images), `judge` {per_target, spearman, mae, closed_loop} measured by
+    it on the same images."""
     if images_per_target < 1 or batch_size < 1:
         raise ValueError("images_per_target and batch_size must be >= 1")
     targets = [float(t) for t in targets]
     if not targets:
         raise ValueError("control_report: no targets")
+    if judge is not None and not (isinstance(inquiry, np.ndarray) and inquiry.dtype == np.uint8):
+        raise ValueError("control_report: a judge compares images with the inquiry images; "
+                         "give uint8 N×H×W×3 inquiry images, not embeddings")
     emb = _embeddings(recognizer, inquiry)
     n, nt, k = emb.shape[0], len(targets), images_per_target
     cell = np.arange(n * nt * k)
@@ -109,11 +134,11 @@ def control_report(
                      "sampler": f"{scheduler}-{steps}", "guidance": guidance,
                      **_scores(target, achieved)}
     grid = achieved.reshape(n, nt, k)
-    metrics["per_target"] = [
-        {"target": t, "mean": float(grid[:, j].mean()), "std": float(grid[:, j].std()),
-         "n": int(grid[:, j].size)}
-        for j, t in enumerate(targets)
-    ]
+    metrics["per_target"] = _per_target(grid, targets)
+    if judge is not None:
+        judged = judge_similarity(judge, inquiry, images, ident)
+        metrics["judge"] = {"model_hash": judge.content_hash, **_scores(target, judged),
+                            "per_target": _per_target(judged.reshape(n, nt, k), targets)}
     metrics["samplers"] = {f"{scheduler}-{steps}": _scores(target, achieved)}
     for name, sampler_steps in samplers:
         key = f"{name}-{sampler_steps}"
@@ -128,7 +153,7 @@ def control_report(
         metrics["samplers"][f"{scheduler}-{steps}-unguided"] = _scores(target, other)
 
     if closed_loop:
-        sims, tries, within = [], [], []
+        sims, tries, within, kept = [], [], [], []
         for lo in range(0, len(seeds), batch_size):
             part = slice(lo, lo + batch_size)
             out = closed_loop_generate(pipe, e[part], m[part], seeds[part], recognizer,
@@ -136,6 +161,7 @@ def control_report(
                                        num_inference_steps=steps, scheduler=scheduler,
                                        **guidance)
             sims.append(out.similarity)
+            kept.append(out.images)
             tries.append(out.tries)
             within.append(out.within_tolerance)
         closed = np.concatenate(sims)
@@ -144,6 +170,11 @@ def control_report(
             "within_tolerance": float(np.concatenate(within).mean()),
             "mean_tries": float(np.concatenate(tries).mean()),
         }
+        if judge is not None:
+            judged = judge_similarity(judge, inquiry, np.concatenate(kept), ident)
+            metrics["judge"]["closed_loop"] = {
+                **_scores(target, judged), "tolerance": tolerance,
+                "within_tolerance": float((np.abs(judged - target) <= tolerance).mean())}
     first = images.reshape(n, nt, k, *images.shape[1:])[:, :, 0]
     return ControlReport(metrics=metrics, images=first, achieved=grid)
 
