@@ -24,7 +24,7 @@ from cemiray.data.parquet_shards import (
     write_shard,
 )
 from cemiray.data.recordio import RecordIODataset, frame_record, unpack_record, write_recordio
-from cemiray.data.sources import parse_source
+from cemiray.data.sources import Source
 from cemiray.data.verification_bin import decode_bin, load_bin, write_bin
 
 MAGIC = 0xCED7230A
@@ -308,7 +308,7 @@ def test_sources_read_every_format_and_partition(base_url, tmp_path):
     write_recordio(storage.join(base_url, "rec"), rows, num_classes=4, image_size=12)
     write_imagefolder(storage.join(base_url, "folder"), rows)
     for kind, path in [("parquet", "pq"), ("recordio", "rec"), ("imagefolder", "folder")]:
-        source = parse_source(f"{kind}:{storage.join(base_url, path)}")
+        source = Source.parse(f"{kind}:{storage.join(base_url, path)}")
         assert (source.kind, source.num_rows(), source.num_classes()) == (kind, 12, 4)
         assert_same_faces(list(source.iter_rows()), rows)
         parts = _shards(source, 5)
@@ -316,14 +316,14 @@ def test_sources_read_every_format_and_partition(base_url, tmp_path):
         assert_same_faces([r for p in parts for r in p], rows)
 
     write_bin(storage.join(base_url, "v.bin"), [r["image"] for r in rows], [True] * 6)
-    pairs = parse_source(f"bin:{storage.join(base_url, 'v.bin')}")
+    pairs = Source.parse(f"bin:{storage.join(base_url, 'v.bin')}")
     assert pairs.num_rows() == 12 and pairs.num_classes() == 0
     second = list(pairs.iter_rows(1, 2))
     assert [r["pair"] for r in second] == [3, 3, 4, 4, 5, 5] and second[0]["issame"] is True
 
 
 def test_orl_source_uses_the_default_root(orl_root):
-    source = parse_source("orl:")
+    source = Source.parse("orl:")
     assert source.url == DEFAULT_ORL_ROOT
     assert (source.num_rows(), source.num_classes()) == (400, 40)
     part = list(source.iter_rows(shard=3, num_shards=4))
@@ -331,8 +331,9 @@ def test_orl_source_uses_the_default_root(orl_root):
 
 
 def test_toyfaces_source_parses_and_renders():
-    source = parse_source("toyfaces:?seed=0&ids=5-7,20&samples=3&size=32&difficulty=1.0")
-    assert source.params["ids"] == "5-7,20" and source.num_rows() == 12
+    source = Source.parse("toyfaces:?seed=0&ids=5-7,20&samples=3&size=32&difficulty=1.0")
+    assert source.toy.identities == [5, 6, 7, 20] and source.toy.ids_text == "5-7,20"
+    assert source.num_rows() == 12
     assert source.num_classes() == 4
     rows = list(source.iter_rows())
     assert [(r["label"], r["sample"], r["identity"]) for r in rows[-4:]] == [
@@ -342,5 +343,5 @@ def test_toyfaces_source_parses_and_renders():
     assert {"group", "age", "sex", "nuisance"} <= set(rows[0])
     halves = _shards(source, 2)
     assert [r["image"] for p in halves for r in p] == [r["image"] for r in rows]
-    again = list(parse_source(str(source)).iter_rows(shard=1, num_shards=2))
+    again = list(Source.parse(source.uri).iter_rows(shard=1, num_shards=2))
     assert [r["image"] for r in again] == [r["image"] for r in halves[1]]

@@ -23,7 +23,7 @@ def tiny_loop() -> ExperimentConfig:
                             bin_pairs=200, identities=6, samples_per_identity=4,
                             candidates_per_identity=3, quotas={}, sets=[SyntheticSet(m=[0.5])],
                             steps=2, images_per_call=24, sampler_workers=1,
-                            fr=FRRecipe(epochs=1, max_steps=2, batch_size=12),
+                            fr=FRRecipe(epochs=1, max_steps=2, batch_size=12), trainings=2,
                             screenshot=CHROMIUM)
 
 
@@ -46,14 +46,26 @@ def test_quickstart_small(ray_cluster, tmp_path, capsys):
     rows = {r["name"]: r for r in results["training_sets"]}
     assert set(rows) == {"real", "m=0.5"}
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["images"] == 24 for r in rows.values())
+    for row in rows.values():  # a mean over two trainings (seeds 0, 1) with its interval
+        assert row["trainings"] == 2 and len(row["accuracies"]) == 2
+        assert row["accuracy"] == pytest.approx(np.mean(row["accuracies"]))
+        assert row["accuracy_ci95"] >= 0
+    (claim,) = results["claims"]  # no m = 1 set here, so only synthetic against real
+    assert (claim["a"], claim["b"]) == ("m=0.5", "real") and 0 <= claim["p"] <= 1
+    assert claim["verdict"] in printed
+    assert results["judge"]["independent"] and "judge_mean" in results["calibration"][0]
+    assert -1 <= results["calibration"][0]["judge_mean"] <= 1
     assert [c["target"] for c in results["calibration"]] == [0.5]
     assert results["calibration"][0]["n"] == 24
     assert set(results["score_distributions"]) == {"real", "m=0.5"}
     assert set(results["distances"]) == {"m=0.5"}
     assert results["leakage"]["checked"] == 18
     prov = results["provenance"]
-    assert set(prov["hashes"]) == {"test-bin", "seeds", "generate-m_0.5", "fr-real", "fr-m_0.5",
-                                   "judge"}
+    assert set(prov["hashes"]) == {"test-bin", "seeds", "generate-m_0.5", "fr-real-seed0",
+                                   "fr-real-seed1", "fr-m_0.5-seed0", "fr-m_0.5-seed1", "judge"}
+    # the real baseline's identities follow E_id's (0-19) and the test's (20-29)
+    assert "ids=30-35" in prov["configs"]["judge"]["datasets"]["real"]
+    assert prov["models"]["judge"]["sha256"] != prov["models"]["recognizer"]["sha256"]
     assert prov["cached"] == [] and len(prov["models"]["generator"]["sha256"]) == 64
 
     generated = next((exp / "stages").glob("generate-m_0.5-*"))

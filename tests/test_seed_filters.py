@@ -14,13 +14,12 @@ from cemiray.eval.seed_filters import (
     QUOTA_OUTSIDE,
     greedy_select,
     label_centres,
-    largest_remainder,
     nearest_centres,
-    parse_quotas,
-    probe_with_holdout,
     quality_mask,
     unit_rows,
 )
+from cemiray.eval.seed_probe import probe_with_holdout
+from cemiray.eval.seed_quotas import largest_remainder, parse_quotas
 
 
 @pytest.fixture(autouse=True, scope="module")

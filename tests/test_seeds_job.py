@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from cemiray.data.images import decode_image
-from cemiray.data.sources import parse_source
+from cemiray.data.sources import Source
 from cemiray.models import get_backbone
 from cemiray.models.recognizer import load_recognizer
 from cemiray.models.serialization import save_model_folder
@@ -44,7 +44,7 @@ def recognizer(tmp_path_factory) -> str:
 
 
 def source_rows(uri: str) -> list[dict]:
-    return list(parse_source(uri).iter_rows())
+    return list(Source.parse(uri).iter_rows())
 
 
 def embedding_file(path, recognizer: str) -> tuple[str, dict]:
@@ -136,7 +136,7 @@ def test_seeds_from_every_source_with_uniqueness_leakage_and_quotas(uncond, reco
     # Leakage: the training identities themselves (cosine 1 to their centre) and the planted
     # near-centres are rejected and named; no kept seed reaches τ.
     worst = {(w["source"], w["leakage_nearest"]) for w in report["leakage"]["worst_rejected"]}
-    assert {(str(parse_source(LEAKED)), k) for k in range(4)} <= worst
+    assert {(Source.parse(LEAKED).uri, k) for k in range(4)} <= worst
     assert {(f"embeddings:{file_url}", 5), (f"embeddings:{file_url}", 9)} <= worst
     assert report["leakage"]["rejected"] >= 6 and report["leakage"]["centres"] == 12
     audit = pq.read_table(out / "seeds_audit.parquet").to_pydict()
@@ -146,7 +146,7 @@ def test_seeds_from_every_source_with_uniqueness_leakage_and_quotas(uncond, reco
     assert outcomes["duplicate"] == stages["duplicate"]
     leaked = [(o, near) for o, src, near in zip(audit["outcome"], audit["source"],
                                                 audit["leakage_nearest"], strict=True)
-              if src == str(parse_source(LEAKED))]
+              if src == Source.parse(LEAKED).uri]
     assert leaked == [("leakage", k) for k in range(4)]
     assert max(table.attributes["leakage_max"]) < TAU_LEAK
     assert report["leakage"]["leakage_max"]["max"] >= 0.999
@@ -168,7 +168,7 @@ def test_seeds_from_every_source_with_uniqueness_leakage_and_quotas(uncond, reco
     for seed_id, emb, source, image in zip(table.seed_ids, table.embeddings, table.sources,
                                            table.images, strict=True):
         position = seed_id - 500
-        if source == str(parse_source(NEW)):
+        if source == Source.parse(NEW).uri:
             assert position % 2 == 0  # sample 0 of its identity
             assert image == new_rows[position]["image"]
             np.testing.assert_allclose(emb, rec.embed(decode_image(image)[None])[0], atol=1e-4)

@@ -32,6 +32,9 @@ class EvaluateConfig(JobConfig):
     datasets: list[str] = Field(
         default_factory=lambda: ["toyfaces:?ids=1000-1049&samples=10", "orl:"],
         description="source URIs whose mated / non-mated score distributions are reported")
+    labels: dict[str, str] = Field(default_factory=dict, description="the names sets go by in "
+                                   "the report and file names, keyed by their URI (default: the "
+                                   "file or folder's stem)")
     reference: str | None = Field("orl:", description="a dataset every other one is compared to "
                                   "(Wasserstein-1, KL); added to `datasets` when absent")
     flip_datasets: bool = Field(False, description="embed datasets with flip-sum as well "
@@ -76,17 +79,21 @@ def bin_url(entry: str) -> str:
     return entry.removeprefix(BIN_PREFIX)
 
 
-def set_names(entries: list[str], kinds: list[str]) -> list[str]:
-    """Short distinct names for file names and the report: a file or folder's stem
-    (`lfw`, `orl_faces`), `toyfaces` for rendered sets; repeats get `-2`, `-3`, ..."""
+def set_names(entries: list[str], kinds: list[str],
+              labels: dict[str, str] | None = None) -> list[str]:
+    """Short distinct names for file names and the report: the user's label for the entry, else
+    a file or folder's stem (`lfw`, `orl_faces`), `toyfaces` for rendered sets; repeats get
+    `-2`, `-3`, ..."""
     names: list[str] = []
     for entry, kind in zip(entries, kinds, strict=True):
-        if kind == "toyfaces":
+        if labels and entry in labels:
+            base = labels[entry]
+        elif kind == "toyfaces":
             base = "toyfaces"
         else:
             tail = entry.split(":", 1)[1] if kind != "bin" and ":" in entry else bin_url(entry)
             base = tail.rstrip("/").rsplit("/", 1)[-1].removesuffix(".bin") or kind
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base)
+        base = re.sub(r"[^A-Za-z0-9_.=-]+", "_", base)
         name, k = base, 2
         while name in names:
             name, k = f"{base}-{k}", k + 1
@@ -97,7 +104,7 @@ def set_names(entries: list[str], kinds: list[str]) -> list[str]:
 def check_inputs(cfg: EvaluateConfig) -> tuple[Any, list[dict]]:
     """Open the model and every set before any Ray work, so a missing or malformed file fails
     at once with its name. Returns the recogniser and one plan entry per set."""
-    from cemiray.data.sources import parse_source
+    from cemiray.data.sources import Source
     from cemiray.data.verification_bin import load_bin
     from cemiray.eval.verification import check_folds
     from cemiray.models.recognizer import load_recognizer
@@ -116,9 +123,9 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[Any, list[dict]]:
         _, issame = load_bin(url)
         check_folds(issame, cfg.nfolds, where=url)
         plan.append({"kind": "bin", "uri": BIN_PREFIX + url, "entry": entry, "flip": True,
-                     "issame": issame})
+                     "issame": issame, "source": Source.at("bin", url)})
     for uri in datasets:
-        source = parse_source(uri)
+        source = Source.parse(uri)
         if source.kind == "bin":
             raise ValueError(f"{uri}: a .bin holds unlabelled pairs; list it under "
                              "`verification`, not `datasets`")
@@ -126,9 +133,9 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[Any, list[dict]]:
             raise FileNotFoundError(f"{uri}: {source.url} not found")
         if source.num_classes() < 2:
             raise ValueError(f"{uri}: score distributions need at least 2 identities")
-        plan.append({"kind": "dataset", "uri": uri, "entry": uri, "flip": cfg.flip_datasets})
-    names = set_names([p["entry"] for p in plan],
-                      ["bin" if p["kind"] == "bin" else parse_source(p["uri"]).kind for p in plan])
+        plan.append({"kind": "dataset", "uri": uri, "entry": uri, "flip": cfg.flip_datasets,
+                     "source": source})
+    names = set_names([p["entry"] for p in plan], [p["source"].kind for p in plan], cfg.labels)
     for entry, name in zip(plan, names, strict=True):
         entry["name"] = name
     return recognizer, plan
@@ -139,7 +146,7 @@ def embed_all(cfg: EvaluateConfig, plan: list[dict]) -> tuple[np.ndarray, np.nda
     from cemiray.pipeline.embed import collect_embeddings, embed_dataset, read_face_sources
 
     t0 = time.perf_counter()
-    ds, spans = read_face_sources([p["uri"] for p in plan], [p["flip"] for p in plan],
+    ds, spans = read_face_sources([p["source"] for p in plan], [p["flip"] for p in plan],
                                   rows_per_task=cfg.rows_per_read_task)
     ds = embed_dataset(ds, cfg.model, batch_size=cfg.batch_size,
                        num_actors=(cfg.num_actors_min, cfg.num_actors_max),

@@ -1,4 +1,6 @@
-"""Filters that turn candidate identity seeds into a usable set (CemiFace/DCFace, GANDiffFace):
+"""Seed filters (eval part): quality, leakage and greedy uniqueness under attribute quotas.
+
+They turn candidate identity seeds into a usable set (CemiFace/DCFace, GANDiffFace):
 
 - quality: the recogniser's raw feature norm (before normalisation) within [lo, hi] — a face-ness
   proxy: non-faces and unrecognisable images give small norms (AdaFace's observation);
@@ -6,7 +8,7 @@
   below τ, so no seed re-creates a person the recogniser or generator was trained on;
 - uniqueness: greedy in a fixed order, a seed is kept iff its largest cosine to every seed kept
   before it is below τ (0.3 in CemiFace and DCFace);
-- attribute quotas: a target distribution over attribute cells; a seed is kept only while its
+- attribute quotas (cells counted by cemiray.eval.seed_quotas): a seed is kept only while its
   cells have room, so the kept set matches the target exactly when the supply allows.
 
 Everything is blockwise: a block of candidates is compared with a chunk of kept seeds (or
@@ -18,16 +20,14 @@ inside their own block are decided one by one. numpy/torch only; no Ray.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 KEPT, DUPLICATE, QUOTA_FULL, QUOTA_OUTSIDE, NOT_EXAMINED = range(5)
 OUTCOMES = ("kept", "duplicate", "quota_full", "quota_outside", "not_examined")
-CELL_SEPARATOR = ","
 
 
 def unit_rows(x: np.ndarray, where: str = "embeddings") -> np.ndarray:
@@ -232,202 +232,6 @@ def greedy_select(embeddings: np.ndarray, threshold: float = 0.3,
             break
     return Selection(outcome=outcome, max_similarity=max_sim,
                      kept=np.asarray(kept, dtype=np.int64))
-
-
-def cell_key(values: Sequence[Any]) -> str:
-    """The canonical name of a cell: attribute values joined by ','; whole floats as ints."""
-    parts = []
-    for v in values:
-        if isinstance(v, (float, np.floating)) and float(v).is_integer():
-            v = int(v)
-        parts.append(str(v.item() if isinstance(v, np.generic) else v))
-    return CELL_SEPARATOR.join(parts)
-
-
-def largest_remainder(fractions: Sequence[float], total: int) -> np.ndarray:
-    """Integer counts proportional to `fractions` that sum to `total` (Hamilton's method; ties
-    go to the earlier cell)."""
-    f = np.asarray(fractions, dtype=np.float64)
-    exact = f / f.sum() * total
-    counts = np.floor(exact).astype(np.int64)
-    short = total - int(counts.sum())
-    order = np.argsort(-(exact - counts), kind="stable")
-    counts[order[:short]] += 1
-    return counts
-
-
-@dataclass
-class Quota:
-    """A target distribution over the cells of one attribute or a joint of several
-    (`attributes=("group", "sex")`, cells named "0,1"), and the counts it asks of `total`."""
-
-    attributes: tuple[str, ...]
-    cells: list[str]
-    fractions: np.ndarray
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-    @property
-    def name(self) -> str:
-        return CELL_SEPARATOR.join(self.attributes)
-
-    def cell_index(self, attributes: Mapping[str, Sequence[Any]]) -> np.ndarray:
-        """Each row's cell index (−1 outside the target); a missing attribute raises."""
-        missing = [a for a in self.attributes if a not in attributes]
-        if missing:
-            raise ValueError(f"quota {self.name!r}: no values for attribute(s) {missing}")
-        columns = [attributes[a] for a in self.attributes]
-        n = len(columns[0])
-        lookup = {c: i for i, c in enumerate(self.cells)}
-        out = np.empty(n, dtype=np.int64)
-        for r in range(n):
-            values = [col[r] for col in columns]
-            if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
-                raise ValueError(f"quota {self.name!r}: row {r} has no value for "
-                                 f"{self.attributes}")
-            out[r] = lookup.get(cell_key(values), -1)
-        return out
-
-    def report(self, achieved_cells: np.ndarray) -> dict:
-        achieved = np.bincount(achieved_cells[achieved_cells >= 0],
-                               minlength=len(self.cells))
-        total = max(int(achieved.sum()), 1)
-        return {
-            "attributes": list(self.attributes),
-            "cells": {c: {"target_fraction": round(float(f), 6), "target": int(t),
-                          "achieved": int(a), "achieved_fraction": round(a / total, 6)}
-                      for c, f, t, a in zip(self.cells, self.fractions, self.counts, achieved,
-                                            strict=True)},
-            "filled": bool((achieved >= self.counts).all()),
-            "shortfall": {c: int(t - a) for c, t, a in zip(self.cells, self.counts, achieved,
-                                                           strict=True) if a < t},
-        }
-
-
-def parse_quotas(spec: Mapping[str, Mapping[str, float]], total: int) -> list[Quota]:
-    """Quotas from `{"group": {"0": 0.25, ...}}` or joint `{"group,sex": {"0,1": 0.125, ...}}`:
-    fractions ≥ 0 summing to 1 (±1e-6), turned into counts of `total` seeds."""
-    if total < 1:
-        raise ValueError(f"quotas need a number of identities >= 1, got {total}")
-    quotas = []
-    for name, cells in spec.items():
-        attributes = tuple(a.strip() for a in str(name).split(CELL_SEPARATOR))
-        if not all(attributes) or len(set(attributes)) != len(attributes):
-            raise ValueError(f"quota {name!r}: expected attribute names joined by ','")
-        if not cells:
-            raise ValueError(f"quota {name!r}: no cells")
-        keys, fractions = [], []
-        for cell, fraction in cells.items():
-            values = [v.strip() for v in str(cell).split(CELL_SEPARATOR)]
-            if len(values) != len(attributes):
-                raise ValueError(f"quota {name!r}: cell {cell!r} has {len(values)} values for "
-                                 f"{len(attributes)} attributes")
-            if not (isinstance(fraction, (int, float)) and math.isfinite(fraction)
-                    and fraction >= 0):
-                raise ValueError(f"quota {name!r}: cell {cell!r} has fraction {fraction!r}, "
-                                 "expected a finite number >= 0")
-            keys.append(cell_key([_parse_scalar(v) for v in values]))
-            fractions.append(float(fraction))
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"quota {name!r}: repeated cells {keys}")
-        if abs(sum(fractions) - 1.0) > 1e-6:
-            raise ValueError(f"quota {name!r}: fractions sum to {sum(fractions):.6f}, not 1")
-        f = np.asarray(fractions)
-        quotas.append(Quota(attributes, keys, f, largest_remainder(f, total)))
-    return quotas
-
-
-def _parse_scalar(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _sort_key(key: str) -> tuple:
-    value = _parse_scalar(key)
-    return (isinstance(value, str), value if not isinstance(value, str) else 0, key)
-
-
-class AttributeProbe:
-    """Predicts a categorical attribute from unit embeddings: nearest class centroid (cosine)
-    or multinomial logistic regression (full-batch gradient descent with momentum on
-    standardised inputs, L2-regularised)."""
-
-    def __init__(self, kind: str = "centroid", l2: float = 1e-3, iterations: int = 300,
-                 lr: float = 0.5):
-        if kind not in ("centroid", "logistic"):
-            raise ValueError(f"probe kind must be 'centroid' or 'logistic', got {kind!r}")
-        self.kind, self.l2, self.iterations, self.lr = kind, l2, iterations, lr
-        self.classes: list[Any] = []
-        self.weight: np.ndarray | None = None
-        self.bias: np.ndarray | None = None
-
-    def fit(self, embeddings: np.ndarray, values: Sequence[Any]) -> AttributeProbe:
-        x = unit_rows(embeddings, "probe embeddings")
-        keys = [cell_key([v]) for v in values]
-        self.classes = sorted(set(keys), key=_sort_key)
-        if len(self.classes) < 2:
-            raise ValueError(f"probe: need at least 2 attribute values, got {self.classes}")
-        y = np.asarray([self.classes.index(k) for k in keys])
-        if self.kind == "centroid":
-            sums = np.zeros((len(self.classes), x.shape[1]))
-            np.add.at(sums, y, x)
-            self.weight, self.bias = unit_rows(sums, "probe centroids"), np.zeros(len(sums))
-            return self
-        # Standardised inputs make plain gradient descent converge in a few hundred steps; the
-        # scaling is folded back into the weights so `predict` takes unit embeddings as they are.
-        mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
-        z = (x - mean) / std
-        onehot = np.eye(len(self.classes))[y]
-        w = np.zeros((len(self.classes), x.shape[1]))
-        b = np.zeros(len(self.classes))
-        vw, vb = np.zeros_like(w), np.zeros_like(b)
-        for _ in range(self.iterations):
-            logits = z @ w.T + b
-            logits -= logits.max(axis=1, keepdims=True)
-            p = np.exp(logits)
-            p /= p.sum(axis=1, keepdims=True)
-            grad = (p - onehot) / len(z)
-            vw = 0.9 * vw - self.lr * (grad.T @ z + 2 * self.l2 * w)
-            vb = 0.9 * vb - self.lr * grad.sum(axis=0)
-            w, b = w + vw, b + vb
-        weight = w / std
-        self.weight, self.bias = weight, b - weight @ mean
-        return self
-
-    def predict(self, embeddings: np.ndarray) -> list[Any]:
-        if self.weight is None:
-            raise RuntimeError("probe: fit it before predict")
-        scores = unit_rows(embeddings, "embeddings to probe") @ self.weight.T + self.bias
-        return [_parse_scalar(self.classes[i]) for i in scores.argmax(axis=1)]
-
-
-def probe_with_holdout(embeddings: np.ndarray, values: Sequence[Any], groups: np.ndarray,
-                       kind: str = "centroid", holdout: float = 0.2,
-                       seed: int = 0) -> tuple[AttributeProbe, dict]:
-    """A probe fitted on all rows, and its accuracy on held-out groups (identities, drawn with
-    `seed`) when fitted without them, next to chance (the majority value's share among the
-    held-out rows)."""
-    groups = np.asarray(groups)
-    names = np.unique(groups)
-    rng = np.random.default_rng(seed)
-    held = set(rng.choice(names, size=max(1, round(holdout * len(names))),
-                          replace=False).tolist()) if len(names) > 1 else set()
-    test = np.asarray([g in held for g in groups])
-    report: dict = {"kind": kind, "rows": len(groups)}
-    keys = [cell_key([v]) for v in values]
-    if test.any() and (~test).any() and len(set(np.asarray(keys)[~test])) > 1:
-        train = np.flatnonzero(~test)
-        part = AttributeProbe(kind).fit(embeddings[train], [values[i] for i in train])
-        predicted = [cell_key([v]) for v in part.predict(embeddings[test])]
-        truth = [keys[i] for i in np.flatnonzero(test)]
-        report["holdout_accuracy"] = float(np.mean([p == t for p, t in zip(predicted, truth,
-                                                                             strict=True)]))
-        report["holdout_chance"] = float(max(truth.count(k) for k in set(truth)) / len(truth))
-        report["holdout_rows"] = len(truth)
-    return AttributeProbe(kind).fit(embeddings, values), report
 
 
 def summary_stats(values: np.ndarray) -> dict:

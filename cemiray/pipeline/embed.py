@@ -1,6 +1,8 @@
-"""Embedding face datasets with a frozen recogniser as a Ray Data pass: read tasks turn source
-URIs into encoded-image rows, a pool of actors (each loading the recogniser once) adds an
-`embedding` column, and the driver collects the embeddings back in source order.
+"""Embedding face datasets with a frozen recogniser (pipeline part), as a Ray Data pass.
+
+Read tasks (cemiray.runtime.reader) turn sources into encoded-image rows, a pool of actors (each
+loading the recogniser once) adds an `embedding` column, and the driver collects the embeddings
+back in source order.
 
 Ray Data may hand blocks back in any order, so every row carries an `index` (its position in
 the concatenation of the sources) and `collect_embeddings` sorts by it."""
@@ -11,64 +13,29 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import ray.data
 
-DEFAULT_ROWS_PER_TASK = 1000
-
-
-def _read_part(item: dict) -> list[dict]:
-    """Rows of one contiguous part of one source, each with its global `index`."""
-    from cemiray.data.sources import parse_source
-
-    source = parse_source(item["uri"])
-    start, stop = item["start"], item["stop"]
-    rows = [
-        {"index": item["offset"] + start + i, "image": row["image"], "label": int(row["label"]),
-         "flip": bool(item["flip"])}
-        for i, row in enumerate(source.iter_rows(shard=item["part"], num_shards=item["parts"]))
-    ]
-    if len(rows) != stop - start:
-        raise ValueError(f"{item['uri']}: part {item['part']} of {item['parts']} yielded "
-                         f"{len(rows)} rows, expected {stop - start} (did the source change "
-                         "while it was read?)")
-    return rows
+from cemiray.data.images import decode_image
+from cemiray.data.sources import Source
+from cemiray.eval.verification import embed_with_flip
+from cemiray.models.recognizer import load_recognizer
+from cemiray.runtime.reader import DEFAULT_ROWS_PER_TASK, read_sources
 
 
-def read_face_sources(uris: Sequence[str], flips: Sequence[bool] | None = None,
+def read_face_sources(sources: Sequence[Source], flips: Sequence[bool] | None = None,
                       rows_per_task: int = DEFAULT_ROWS_PER_TASK, num_cpus: float = 0.5):
-    """A Ray Dataset of `{index, image, label, flip}` rows over the concatenation of `uris`, read
-    by tasks of about `rows_per_task` rows, and the `index` range of each source. `flips` marks
-    the sources whose rows are embedded with their horizontal flip (see `embed_dataset`).
+    """A Ray Dataset of `{index, image, label, flip}` rows over the concatenation of `sources`,
+    read by tasks of about `rows_per_task` rows, and the `index` range of each source. `flips`
+    marks the sources whose rows are embedded with their horizontal flip (see `embed_dataset`).
     Sources are opened here first, so a missing file fails before any Ray work."""
-    import ray.data
-
-    from cemiray.data.sources import parse_source
-
-    flips = [False] * len(uris) if flips is None else list(flips)
-    if len(flips) != len(uris):
-        raise ValueError(f"{len(flips)} flip flags for {len(uris)} sources")
-    if rows_per_task < 1:
-        raise ValueError(f"rows_per_task must be >= 1, got {rows_per_task}")
-    items, spans, offset = [], [], 0
-    for uri, flip in zip(uris, flips, strict=True):
-        n = parse_source(uri).num_rows()
-        if n == 0:
-            raise ValueError(f"{uri}: the source holds no images")
-        parts = -(-n // rows_per_task)
-        for part in range(parts):
-            items.append({"uri": str(uri), "part": part, "parts": parts, "offset": offset,
-                          "start": n * part // parts, "stop": n * (part + 1) // parts,
-                          "flip": bool(flip)})
-        spans.append(range(offset, offset + n))
-        offset += n
-    if not items:
-        raise ValueError("no sources to read")
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    return ds.flat_map(_read_part, num_cpus=num_cpus), spans
+    flips = [False] * len(sources) if flips is None else list(flips)
+    if len(flips) != len(sources):
+        raise ValueError(f"{len(flips)} flip flags for {len(sources)} sources")
+    return read_sources(sources, rows_per_task=rows_per_task, columns=("image", "label"),
+                        constants=[{"flip": bool(f)} for f in flips], num_cpus=num_cpus)
 
 
 def _decode(batch: dict, i: int) -> np.ndarray:
-    from cemiray.data.images import decode_image
-
     where = f"row index {batch['index'][i]}" if "index" in batch else f"batch row {i}"
     return decode_image(bytes(batch["image"][i]), where=where)
 
@@ -81,14 +48,10 @@ class Embedder:
 
     def __init__(self, model_uri: str, device: str, flip: bool, flip_column: str | None,
                  keep_images: bool) -> None:
-        from cemiray.models.recognizer import load_recognizer
-
         self.recognizer = load_recognizer(model_uri, device)
         self.flip, self.flip_column, self.keep_images = flip, flip_column, keep_images
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from cemiray.eval.verification import embed_with_flip
-
         n = len(batch["image"])
         if self.flip_column is not None:
             flips = np.asarray(batch[self.flip_column], dtype=bool)
@@ -120,8 +83,6 @@ def embed_dataset(ds, model_uri: str, batch_size: int = 256, num_actors: tuple[i
     and of its mirror summed, then L2-normalised); `flip_column` names a bool column choosing
     this per row instead. The `image` column is dropped unless `keep_images`. Keep
     `cpus_per_actor` at 0.5 or less on a 2-core machine, or the read tasks starve."""
-    import ray.data
-
     low, high = (int(v) for v in num_actors)
     if not 1 <= low <= high:
         raise ValueError(f"num_actors={num_actors}: need 1 <= min <= max")

@@ -1,16 +1,22 @@
-"""Render a ToyFaces split as a dataset: Parquet shards written by Ray tasks (one shard per fixed
-block of identities, atomic, skipped when already complete), optionally exported to insightface
-RecordIO and ImageFolder, and a verification `.bin` of held-out identities."""
+"""`cemiray render` (pipeline part): a ToyFaces split rendered as a dataset.
+
+Parquet shards written by Ray tasks (one shard per fixed block of identities, atomic, skipped
+when already complete), optionally exported to insightface RecordIO and ImageFolder, and a
+verification `.bin` of held-out identities."""
 
 from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from cemiray.data import storage
 from cemiray.runtime.config import JobConfig, RayConfig, WorldConfig
+
+if TYPE_CHECKING:
+    from cemiray.data.sources import Source
 
 
 class RenderConfig(JobConfig):
@@ -33,17 +39,17 @@ def shard_name(first: int, last: int) -> str:
     return f"shard-{first:08d}-{last:08d}.parquet"
 
 
-def toyfaces_uri(world: WorldConfig, first: int, last: int, samples: int) -> str:
-    return (f"toyfaces:?seed={world.seed}&size={world.size}&difficulty={world.difficulty}"
-            f"&ids={first}-{last - 1}&samples={samples}")
+def toyfaces_source(world: WorldConfig, identities: range, samples: int) -> Source:
+    from cemiray.data.sources import Source
+
+    return Source.toyfaces(identities, samples=samples, seed=world.seed, size=world.size,
+                           difficulty=world.difficulty)
 
 
 def toyfaces_rows(world: WorldConfig, identities: range, samples: int, label_offset: int):
     """Face rows of `identities` × `samples`, labelled identity − label_offset so that shards of
     one dataset share one contiguous label space."""
-    from cemiray.data.sources import parse_source
-
-    source = parse_source(toyfaces_uri(world, identities.start, identities.stop, samples))
+    source = toyfaces_source(world, identities, samples)
     return [{**row, "label": row["identity"] - label_offset} for row in source.iter_rows()]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cemiray.assets import TOYFACES_GENERATOR, TOYFACES_RECOGNIZER
+from cemiray.assets import TOYFACES_GENERATOR, TOYFACES_JUDGE, TOYFACES_RECOGNIZER
 from cemiray.diffusion.sampling import SamplingSpec, lift_sampling_keys
 from cemiray.runtime.config import JobConfig, RayConfig, WorldConfig
 from cemiray.train.settings import DistributedConfig
@@ -83,8 +83,13 @@ def _default_sets() -> list[SyntheticSet]:
 class ExperimentConfig(JobConfig):
     out: str = "runs/experiment"
     world: WorldConfig = Field(default_factory=WorldConfig)
-    recognizer: str | None = Field(TOYFACES_RECOGNIZER, description="E_id and judge (a cemiray "
-                                   "model folder); None: train one on the real split first")
+    recognizer: str | None = Field(TOYFACES_RECOGNIZER, description="E_id: conditions the "
+                                   "generator and picks the seeds (a cemiray model folder); None: "
+                                   "train one on the real split first")
+    judge: str | None = Field(TOYFACES_JUDGE, description="the independent judge: measures every "
+                              "generated image and every set's score distributions, and "
+                              "conditions, trains and selects nothing; None: E_id judges "
+                              "(reported as not independent)")
     generator: str | None = Field(TOYFACES_GENERATOR, description="CemiFace pipeline "
                                   "folder; None: train one with train-gen first")
     recognizer_identities: int = Field(500, ge=2, description="real identities E_id trains on "
@@ -110,7 +115,15 @@ class ExperimentConfig(JobConfig):
                                      "genuine pairs average ≈ 0.55 under the shipped judge")
     samples_per_identity: int = Field(10, ge=1)
     sets: list[SyntheticSet] = Field(default_factory=_default_sets)
-    real_baseline: bool = Field(True, description="train FR on the same number of real images")
+    real_baseline: bool = Field(True, description="train FR on as many real images: the same "
+                                "identities × images budget as each synthetic set")
+    real_first_identity: int | None = Field(
+        None, ge=0, description="first ToyFaces identity of the real baseline; default: right "
+        "after E_id's and the test identities, so the baseline shares no identity with E_id, "
+        "the generator, the test pairs or the seeds")
+    trainings: int = Field(3, ge=1, description="FR trainings per training set, with seeds "
+                           "0…n−1 (initialisation, augmentation, data order); rows report the "
+                           "mean with its 95% CI and the claims a paired t-test")
     sampling: SamplingSpec = Field(
         default_factory=_sampling, description="how every synthetic image is sampled (steps, "
         "scheduler, guidance, closed loop; the flat keys steps=, scheduler=, ... are read into "
@@ -130,6 +143,13 @@ class ExperimentConfig(JobConfig):
     def _flat_sampling_keys(cls, data: Any) -> Any:
         return lift_sampling_keys(data, _sampling())
 
+    def real_identities(self) -> range:
+        """The real baseline's identities: disjoint from every model's and from the test's."""
+        first = self.real_first_identity
+        if first is None:
+            first = self.recognizer_identities + self.test_identities
+        return range(first, first + self.identities)
+
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         labels = [s.label for s in self.sets]
@@ -139,6 +159,10 @@ class ExperimentConfig(JobConfig):
             raise ValueError("sets: 'real' names the real-data baseline")
         if not self.sets and not self.real_baseline:
             raise ValueError("nothing to train: no sets and no real baseline")
+        taken = self.recognizer_identities + self.test_identities
+        if self.real_first_identity is not None and self.real_first_identity < taken:
+            raise ValueError(f"real_first_identity={self.real_first_identity}: identities "
+                             f"0…{taken - 1} belong to E_id, the generator and the test pairs")
         if self.generator is None:
             from cemiray.train.gen import TrainGenConfig
 

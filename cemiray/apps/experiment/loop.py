@@ -1,9 +1,11 @@
 """`cemiray experiment`: the CemiFace loop on ToyFaces, every stage cached by content hash.
 
 real split → E_id (train-fr, or a given model) → generator (train-gen, or a given one) → seeds
-from new identities → one synthetic set per m setting (generate) → FR trained on each set and on
-the same number of real images (train-fr, one recipe) → accuracy on a held-out-identity `.bin`
-→ judge's score distributions of every set against the real set (evaluate) → HTML report.
+from new identities → one synthetic set per m setting (generate, each image also measured by the
+independent judge) → FR trained `trainings` times (seeds 0…n−1) on each set and on as many real
+images of identities no model saw (train-fr, one recipe) → accuracy on a held-out-identity `.bin`
+as mean ± 95% CI, paired t-tests of the claims → the judge's score distributions of every set
+against the real set (evaluate) → HTML report.
 
 Each stage is a Ray job step (Ray Train or Ray Data) run through `StageCache`, so a rerun redoes
 only the stages whose config or inputs changed.
@@ -20,9 +22,12 @@ from cemiray.data import storage
 
 
 def toyfaces(cfg: ExperimentConfig, first: int, count: int, samples: int) -> str:
+    """The URI of `samples` images of identities first..first+count−1 of the loop's world."""
+    from cemiray.data.sources import Source
+
     w = cfg.world
-    return (f"toyfaces:?seed={w.seed}&size={w.size}&difficulty={w.difficulty}"
-            f"&ids={first}-{first + count - 1}&samples={samples}")
+    return Source.toyfaces(range(first, first + count), samples=samples, seed=w.seed,
+                           size=w.size, difficulty=w.difficulty).uri
 
 
 def new_identities(cfg: ExperimentConfig, count: int) -> str:
@@ -51,36 +56,30 @@ def stage_test_bin(cfg: ExperimentConfig, cache: StageCache) -> StageResult:
     return cache.run("test-bin", settings, work)
 
 
-def fr_config(cfg: ExperimentConfig, out: str, data: str, verification: str | None,
-              epochs: int | None = None):
-    from cemiray.train.fr import TrainFRConfig
-
-    r = cfg.fr
-    dist = r.distributed.model_copy(update={"storage_path": storage.join(out, "ray")})
-    return TrainFRConfig(out=out, data=data, verification=verification, backbone=r.backbone,
-                         width=r.width, input_size=cfg.world.size, embedding_dim=r.embedding_dim,
-                         head=r.head, margin=r.margin, scale=r.scale,
-                         epochs=epochs or r.epochs, max_steps=r.max_steps,
-                         batch_size=r.batch_size, lr=r.lr, warmup_steps=r.warmup_steps,
-                         eval_every=r.eval_every, log_every=20, distributed=dist, ray=cfg.ray)
-
-
 def stage_train_fr(cfg: ExperimentConfig, cache: StageCache, name: str, data: str,
                    verification: str, inputs: dict[str, str] | None = None,
-                   epochs: int | None = None) -> StageResult:
-    from cemiray.train.fr import run
+                   epochs: int | None = None, seed: int = 0) -> StageResult:
+    from cemiray.train.fr import fr_config, run
 
-    probe = fr_config(cfg, "unused", data, verification, epochs)
+    def train_config(out: str):
+        """The loop's FR recipe for this set; Ray Train keeps its files under `out`."""
+        r = cfg.fr
+        dist = r.distributed.model_copy(update={"storage_path": storage.join(out, "ray")})
+        return fr_config(r, out=out, data=data, verification=verification, distributed=dist,
+                         input_size=cfg.world.size, epochs=epochs or r.epochs, log_every=20,
+                         seed=seed, ray=cfg.ray)
+
+    probe = train_config("unused")
     settings = probe.model_dump(mode="json", exclude={"out", "ray"})
     settings["distributed"].pop("storage_path", None)
 
     def work(out: str) -> dict:
-        result = run(fr_config(cfg, out, data, verification, epochs))
+        result = run(train_config(out))
         return {"backbone": result["backbone"], "accuracy": result.get("val_acc"),
                 "accuracy_std": result.get("val_acc_std"), "images": result.get("images"),
                 "train_seconds": result.get("seconds")}
 
-    return cache.run(f"fr-{slug(name)}", settings, work, inputs)
+    return cache.run(f"fr-{slug(name)}-seed{seed}", settings, work, inputs)
 
 
 def stage_generator(cfg: ExperimentConfig, cache: StageCache, recognizer: str,
@@ -133,49 +132,54 @@ def stage_generate(cfg: ExperimentConfig, cache: StageCache, spec: SyntheticSet,
                    generator: str, recognizer: str) -> StageResult:
     from cemiray.pipeline.generate.job import GenerateConfig, run
 
+    sampling = cfg.sampling
     settings = {"samples": cfg.samples_per_identity, "schedule": schedule_of(spec),
-                "steps": cfg.steps, "scheduler": cfg.scheduler, "seed": 0}
-    guidance = {"guidance_scale": cfg.guidance_scale, "guidance_m": cfg.guidance_m}
-    if cfg.guidance_scale != 1.0:  # unguided stages keep the fingerprints they always had
-        settings["guidance"] = guidance
+                "sampling": sampling.model_dump(mode="json"), "seed": 0, "judged": bool(cfg.judge)}
 
     def work(out: str) -> dict:
         result = run(GenerateConfig.model_validate({
             "out": out, "seeds": seeds, "generator": generator, "recognizer": recognizer,
+            "judge": cfg.judge,
             "samples_per_identity": cfg.samples_per_identity,
             "identities_per_shard": max(1, cfg.identities // 4),
-            "schedule": schedule_of(spec), "steps": cfg.steps, "scheduler": cfg.scheduler,
-            "images_per_call": cfg.images_per_call, **guidance,
+            "schedule": schedule_of(spec), "sampling": sampling,
+            "images_per_call": cfg.images_per_call,
             "ray": cfg.ray.model_dump(mode="json"),
             "distributed": {"num_workers": cfg.sampler_workers, "use_gpu": cfg.use_gpu}}))
         return {"parquet": result["parquet"], "images": result["counts"]["images"],
-                "images_per_s": result.get("images_per_s")}
+                "images_per_s": result.get("images_per_s"), "judged": bool(cfg.judge)}
 
+    inputs = {"seeds": seeds, "generator": generator, "recognizer": recognizer}
     return cache.run(f"generate-{slug(spec.label)}", settings, work,
-                     {"seeds": seeds, "generator": generator, "recognizer": recognizer})
+                     {**inputs, **({"judge": cfg.judge} if cfg.judge else {})})
 
 
 def stage_judge(cfg: ExperimentConfig, cache: StageCache, recognizer: str,
                 datasets: dict[str, str], test_bin: str) -> StageResult:
     """Mated / non-mated similarity distributions of every training set under one judge (the
-    real-data FR model), each compared to the real set."""
+    independent judge; E_id only when none is given), each compared to the real set."""
     from cemiray.apps.evaluate import EvaluateConfig, run
 
     real = datasets[REAL]
+    model = cfg.judge or recognizer
     settings = {"datasets": datasets}
 
     def work(out: str) -> dict:
-        run(EvaluateConfig(out=out, model=recognizer, verification=[test_bin],
-                           datasets=list(datasets.values()), reference=real, ray=cfg.ray))
+        run(EvaluateConfig(out=out, model=model, verification=[test_bin],
+                           datasets=list(datasets.values()), reference=real, ray=cfg.ray,
+                           labels={uri: label for label, uri in datasets.items()}))
         return {"report": storage.join(out, "report.json")}
 
-    inputs = {"recognizer": recognizer, **{f"set-{slug(k)}": _data_path(v)
+    inputs = {"recognizer": model, **{f"set-{slug(k)}": _data_path(v)
                                            for k, v in datasets.items() if k != REAL}}
     return cache.run("judge", settings, work, inputs)
 
 
 def _data_path(uri: str) -> str:
-    return uri.split(":", 1)[1] if uri.startswith("parquet:") else uri
+    """The folder of a file-backed set (what the cache hashes), or the URI of a ToyFaces one."""
+    from cemiray.data.sources import Source
+
+    return Source.parse(uri).url or uri
 
 
 def slug(text: str) -> str:
@@ -213,15 +217,19 @@ def run(cfg: ExperimentConfig) -> dict:
         generated[spec.label] = stage_generate(cfg, cache, spec, seeds.result["table"],
                                                generator, recognizer)
         datasets[spec.label] = "parquet:" + generated[spec.label].result["parquet"]
-    datasets[REAL] = toyfaces(cfg, 0, cfg.identities, cfg.samples_per_identity)
+    real_ids = cfg.real_identities()
+    datasets[REAL] = toyfaces(cfg, real_ids.start, len(real_ids), cfg.samples_per_identity)
 
-    trained: dict[str, StageResult] = {}
+    trained: dict[str, list[StageResult]] = {}
+    training_seeds = range(cfg.trainings)
     if cfg.real_baseline:
-        trained[REAL] = stage_train_fr(cfg, cache, REAL, datasets[REAL], test_bin)
+        trained[REAL] = [stage_train_fr(cfg, cache, REAL, datasets[REAL], test_bin, seed=s)
+                         for s in training_seeds]
     for spec in cfg.sets:
-        trained[spec.label] = stage_train_fr(
+        trained[spec.label] = [stage_train_fr(
             cfg, cache, spec.label, datasets[spec.label], test_bin,
-            inputs={"data": generated[spec.label].result["parquet"]})
+            inputs={"data": generated[spec.label].result["parquet"]}, seed=s)
+            for s in training_seeds]
     judge = stage_judge(cfg, cache, recognizer, datasets, test_bin)
 
     results = collect_results(cfg, cache, trained=trained, generated=generated,
@@ -242,7 +250,7 @@ def run(cfg: ExperimentConfig) -> dict:
             shot = render_in_chromium(summary["report"],
                                       storage.join(cfg.out, "report", "screenshot.png"))
             summary["screenshot"] = shot
-    print_table(results["training_sets"])
+    print_table(results["training_sets"], results.get("claims", []))
     if "report" in summary:
         print(f"report: {summary['report']}")
     if "screenshot" in summary:
@@ -252,10 +260,18 @@ def run(cfg: ExperimentConfig) -> dict:
     return summary
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'training set':<22}{'images':>8}  {'accuracy':>16}")
+def print_table(rows: list[dict], claims: list[dict] | None = None) -> None:
+    """Each set's accuracy (mean ± 95% CI over its trainings), then the claims' paired tests."""
+    print(f"{'training set':<22}{'images':>8}  {'accuracy (mean ± 95% CI)':>26}  per training")
     for row in rows:
-        acc = row.get("accuracy")
-        text = "-" if acc is None else f"{100 * acc:6.2f} ± {100 * (row.get('accuracy_std') or 0):.2f}%"
-        print(f"{row['name']:<22}{row.get('images') or 0:>8}  {text:>16}")
-
+        acc, ci = row.get("accuracy"), row.get("accuracy_ci95")
+        if acc is None:
+            text = "-"
+        elif ci is None:
+            text = f"{100 * acc:6.2f}%"
+        else:
+            text = f"{100 * acc:6.2f} ± {100 * ci:.2f}%"
+        each = ", ".join(f"{100 * a:.2f}" for a in row.get("accuracies") or [])
+        print(f"{row['name']:<22}{row.get('images') or 0:>8}  {text:>26}  {each}")
+    for claim in claims or []:
+        print(f"{claim['claim']}: {claim['verdict']}")

@@ -13,6 +13,7 @@ import numpy as np
 from cemiray.apps.experiment.cache import StageCache, StageResult
 from cemiray.apps.experiment.config import REAL, ExperimentConfig
 from cemiray.data import storage
+from cemiray.eval.statistics import mean_ci, paired_test
 from cemiray.models.hashing import model_hash
 from cemiray.runtime.machine import git_commit, machine_info, versions
 
@@ -34,20 +35,30 @@ def read_generated(parquet_url: str, columns: list[str]) -> dict[str, np.ndarray
 
 
 def calibration(generated: dict[str, StageResult]) -> list[dict]:
-    """Target vs achieved similarity (measured by E_id when each image was made), pooled over
-    every set by target."""
-    by_target: dict[float, list[np.ndarray]] = {}
+    """Target vs achieved similarity, pooled over every set by target: measured by E_id when
+    each image was made (`achieved_*`) and, where the sets were judged, by the independent judge
+    (`judge_*`), the figure that counts since E_id conditioned the generator."""
+    by_target: dict[float, dict[str, list[np.ndarray]]] = {}
     for stage in generated.values():
         cols = read_generated(stage.result["parquet"], ["target_m", "similarity"])
+        judged = stage.result.get("judged")
+        if judged:
+            cols.update(read_generated(stage.result["parquet"], ["judge_similarity"]))
         for target in np.unique(cols["target_m"]):
             mask = cols["target_m"] == target
-            by_target.setdefault(round(float(target), 4), []).append(
-                cols["similarity"][mask].astype(np.float64))
+            cell = by_target.setdefault(round(float(target), 4), {})
+            cell.setdefault("achieved", []).append(cols["similarity"][mask].astype(np.float64))
+            if judged:
+                cell.setdefault("judge", []).append(
+                    cols["judge_similarity"][mask].astype(np.float64))
     rows = []
     for target in sorted(by_target):
-        s = np.concatenate(by_target[target])
-        rows.append({"target": target, "achieved_mean": float(s.mean()),
-                     "achieved_std": float(s.std()), "n": int(s.size)})
+        row: dict[str, Any] = {"target": target}
+        for key, parts in by_target[target].items():
+            s = np.concatenate(parts)
+            row[f"{key}_mean"], row[f"{key}_std"] = float(s.mean()), float(s.std())
+            row["n"] = int(s.size)
+        rows.append(row)
     return rows
 
 
@@ -110,22 +121,60 @@ def judge_section(judge: StageResult, datasets: dict[str, str]) -> tuple[dict, d
     return distributions, distances
 
 
-def collect_results(cfg: ExperimentConfig, cache: StageCache, *, trained: dict[str, StageResult],
+def training_row(cfg: ExperimentConfig, label: str, stages: list[StageResult]) -> dict:
+    """One training set's row: accuracy as the mean over its trainings (one per seed) with the
+    95% confidence interval, each training's accuracy, and the mean fold std."""
+    spec = {s.label: s for s in cfg.sets}.get(label)
+    accuracies = [s.result["accuracy"] for s in stages if s.result.get("accuracy") is not None]
+    fold_stds = [s.result.get("accuracy_std") or 0.0 for s in stages]
+    row: dict[str, Any] = {
+        "name": label, "kind": "real" if label == REAL else "synthetic",
+        "m": None if spec is None else spec.m,
+        "images": cfg.identities * cfg.samples_per_identity, "identities": cfg.identities,
+        "accuracy": None, "accuracy_std": float(np.mean(fold_stds)) if fold_stds else None,
+        "accuracies": accuracies, "trainings": len(stages),
+        "wall_seconds": sum(s.result.get("train_seconds") or s.seconds for s in stages),
+        "model": stages[0].result.get("backbone") if stages else None}
+    if accuracies:
+        estimate = mean_ci(accuracies, name=f"{label} accuracies")
+        row["accuracy"] = estimate.mean
+        row["accuracy_ci95"] = None if estimate.n < 2 else estimate.half_width
+    return row
+
+
+def claims(rows: list[dict]) -> list[dict]:
+    """The two comparisons the loop exists for, each a paired t-test over the trainings (same
+    seeds, same test folds): the best semi-hard set (one m below 1) against m = 1, and the best
+    synthetic set against the real one. Absent when a side is missing or has one training."""
+    by_name = {r["name"]: r for r in rows if len(r.get("accuracies") or []) >= 2}
+    singles = [r for r in by_name.values() if r["kind"] == "synthetic" and r["m"]
+               and len(r["m"]) == 1]
+    easy = [r for r in singles if r["m"][0] == 1.0]
+    semi = [r for r in singles if r["m"][0] < 1.0]
+    synthetic = [r for r in by_name.values() if r["kind"] == "synthetic"]
+    pairs = []
+    if semi and easy:
+        best = max(semi, key=lambda r: r["accuracy"])
+        pairs.append(("best semi-hard m against m = 1", best, easy[0]))
+    if synthetic and REAL in by_name:
+        best = max(synthetic, key=lambda r: r["accuracy"])
+        pairs.append(("best synthetic set against real", best, by_name[REAL]))
+    out = []
+    for claim, a, b in pairs:
+        n = min(len(a["accuracies"]), len(b["accuracies"]))
+        test = paired_test(a["accuracies"][:n], b["accuracies"][:n])
+        out.append({"claim": claim, "a": a["name"], "b": b["name"], **test.as_dict(),
+                    "ratio": a["accuracy"] / b["accuracy"] if b["accuracy"] else None,
+                    "verdict": test.verdict(a["name"], b["name"])})
+    return out
+
+
+def collect_results(cfg: ExperimentConfig, cache: StageCache, *,
+                    trained: dict[str, list[StageResult]],
                     generated: dict[str, StageResult], datasets: dict[str, str],
                     seeds: StageResult, judge: StageResult,
                     recognizer: str, generator: str, wall_seconds: float) -> dict[str, Any]:
-    specs = {s.label: s for s in cfg.sets}
-    rows = []
-    for label, stage in trained.items():
-        spec = specs.get(label)
-        rows.append({"name": label, "kind": "real" if label == REAL else "synthetic",
-                     "m": None if spec is None else spec.m,
-                     "images": cfg.identities * cfg.samples_per_identity,
-                     "identities": cfg.identities,
-                     "accuracy": stage.result.get("accuracy"),
-                     "accuracy_std": stage.result.get("accuracy_std"),
-                     "wall_seconds": stage.result.get("train_seconds") or stage.seconds,
-                     "model": stage.result.get("backbone")})
+    rows = [training_row(cfg, label, stages) for label, stages in trained.items()]
     distributions, distances = judge_section(judge, datasets)
     attrs, leakage = seeds_section(seeds)
     results: dict[str, Any] = {
@@ -133,6 +182,10 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *, trained: dict[s
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),
         "training_sets": rows,
+        "claims": claims(rows),
+        "judge": {"path": cfg.judge or recognizer,
+                  "independent": cfg.judge is not None,
+                  "sha256": model_hash(cfg.judge or recognizer)},
         "calibration": calibration(generated) if generated else [],
         "score_distributions": distributions,
         "distances": distances,
@@ -147,6 +200,8 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *, trained: dict[s
         "commit": git_commit(),
         "versions": versions(),
         "models": {"recognizer": {"path": recognizer, "sha256": model_hash(recognizer)},
+                   **({"judge": {"path": cfg.judge, "sha256": model_hash(cfg.judge)}}
+                      if cfg.judge else {}),
                    "generator": {"path": generator, "sha256": model_hash(generator)}},
         "configs": {r.name: r.config for r in cache.records},
         "hashes": {r.name: r.key[:16] for r in cache.records},

@@ -72,14 +72,18 @@ def _save(figure: Figure, png_url: str) -> None:
 
 
 def accuracy_bars(training_sets: Sequence[Mapping[str, Any]], png_url: str) -> dict[str, Any]:
-    """Verification accuracy of every training set, mean over folds with the std as error bar."""
+    """Verification accuracy of every training set: the mean with its 95% CI over trainings as
+    error bar where the rows have one, else the std over the folds."""
     names, means, stds, kinds = [], [], [], []
     for i, row in enumerate(training_sets):
         where = f"training_sets[{i}]"
         names.append(str(row["name"]))
         kinds.append(str(row.get("kind")))
         means.append(100 * number(row, "accuracy", where))
-        stds.append(100 * (number(row, "accuracy_std", where, optional=True) or 0.0))
+        spread = number(row, "accuracy_ci95", where, optional=True)
+        if spread is None:
+            spread = number(row, "accuracy_std", where, optional=True)
+        stds.append(100 * (spread or 0.0))
     figure, axes = _new_figure(max(5.0, 0.9 * len(names) + 2), 4)
     colors = [REAL_COLOR if kind == "real" else "C0" for kind in kinds]
     positions = np.arange(len(names))
@@ -144,7 +148,8 @@ def m_sweep(training_sets: Sequence[Mapping[str, Any]], png_url: str) -> dict[st
 
 
 def calibration(rows: Sequence[Mapping[str, Any]], png_url: str) -> dict[str, Any]:
-    """Achieved similarity (mean ± std under the judge) against the target, with y = x."""
+    """Achieved similarity (mean ± std, by E_id and, where present, by the independent judge)
+    against the target, with y = x."""
     if not rows:
         raise ResultsError("calibration: empty list")
     targets, means, stds = [], [], []
@@ -153,14 +158,21 @@ def calibration(rows: Sequence[Mapping[str, Any]], png_url: str) -> dict[str, An
         targets.append(number(row, "target", where))
         means.append(number(row, "achieved_mean", where))
         stds.append(number(row, "achieved_std", where, optional=True) or 0.0)
+    judged = [(t, r["judge_mean"], r.get("judge_std") or 0.0)
+              for t, r in zip(targets, rows, strict=True) if r.get("judge_mean") is not None]
     figure, axes = _new_figure(5, 5)
-    low = min(targets + [m - s for m, s in zip(means, stds, strict=True)])
-    high = max(targets + [m + s for m, s in zip(means, stds, strict=True)])
+    spans = [(m, s) for m, s in zip(means, stds, strict=True)] + [(j[1], j[2]) for j in judged]
+    low = min(targets + [m - s for m, s in spans])
+    high = max(targets + [m + s for m, s in spans])
     pad = 0.05 * max(high - low, 0.1)
     axes.plot([low - pad, high + pad], [low - pad, high + pad], color=REAL_COLOR,
               linestyle="--", label="achieved = target")
     axes.errorbar(targets, means, yerr=stds, marker="o", capsize=4, linestyle="none",
-                  color="C1", label="achieved (mean ± std)")
+                  color="C1", label="E_id (mean ± std)")
+    if judged:
+        axes.errorbar([j[0] + 0.01 for j in judged], [j[1] for j in judged],
+                      yerr=[j[2] for j in judged], marker="s", capsize=4, linestyle="none",
+                      color="C2", label="independent judge (mean ± std)")
     axes.set_xlim(low - pad, high + pad)
     axes.set_ylim(low - pad, high + pad)
     axes.set_aspect("equal")

@@ -81,18 +81,38 @@ def _accuracy_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
         table.append([
             row["name"], row.get("kind", "—"), mk.fmt_m(fig.m_values(row, where)),
             fmt(row.get("images")), fmt(row.get("identities")),
-            fmt_percent(fig.number(row, "accuracy", where),
-                        fig.number(row, "accuracy_std", where, optional=True)),
+            _accuracy_text(row, where),
             *[fmt_percent(fig.number(tars, k, f"{where}.tar_at_far", optional=True))
               for k in far_keys],
             fmt_percent(fig.number(row, "eer", where, optional=True)),
             fmt(fig.number(row, "wall_seconds", where, optional=True), 3),
         ])
-    headers = ["training set", "kind", "m", "images", "identities", "accuracy (mean ± std)",
+    spread = ("mean ± 95% CI over trainings" if any("accuracy_ci95" in r for r in rows)
+              else "mean ± std over folds")
+    headers = ["training set", "kind", "m", "images", "identities", f"accuracy ({spread})",
                *[f"TAR @ FAR={k}" for k in far_keys], "EER", "wall time (s)"]
-    chart = folder.draw("accuracy", "accuracy", "Verification accuracy per training set "
-                        "(mean ± std over the folds)", fig.accuracy_bars, rows)
-    return _section("accuracy", "Verification accuracy", mk.table(headers, table, 3) + chart)
+    chart = folder.draw("accuracy", "accuracy", f"Verification accuracy per training set "
+                        f"({spread})", fig.accuracy_bars, rows)
+    return _section("accuracy", "Verification accuracy",
+                    mk.table(headers, table, 3) + _claims(results) + chart)
+
+
+def _accuracy_text(row: Mapping[str, Any], where: str) -> str:
+    mean = fig.number(row, "accuracy", where)
+    ci = fig.number(row, "accuracy_ci95", where, optional=True)
+    if ci is None:
+        return fmt_percent(mean, fig.number(row, "accuracy_std", where, optional=True))
+    return f"{fmt_percent(mean, ci)} (n = {row.get('trainings')})"
+
+
+def _claims(results: Mapping[str, Any]) -> str:
+    """The paired tests of the claims, each said plainly, 'not significant' included."""
+    claims = results.get("claims") or []
+    if not claims:
+        return ""
+    items = "".join(f"<li>{mk.text(c.get('claim', ''))}: {mk.text(c.get('verdict', ''))}</li>"
+                    for c in claims)
+    return f"<p>Paired t-tests over the trainings (same seeds, same test pairs):</p><ul>{items}</ul>"
 
 
 def _m_sweep_section(results: Mapping[str, Any], folder: _FigureFolder) -> str | None:
@@ -107,10 +127,14 @@ def _m_sweep_section(results: Mapping[str, Any], folder: _FigureFolder) -> str |
 def _calibration_section(results: Mapping[str, Any], folder: _FigureFolder) -> str:
     rows = _rows(results, "calibration")
     chart = folder.draw("calibration", "calibration", "Achieved against target similarity "
-                        "(judge: the real recogniser)", fig.calibration, rows)
+                        "(E_id, which conditioned the generator, and the independent judge)",
+                        fig.calibration, rows)
+    judged = any("judge_mean" in r for r in rows)
     table = [[fmt(r.get("target"), 3), fmt(r.get("achieved_mean")), fmt(r.get("achieved_std")),
+              *([fmt(r.get("judge_mean")), fmt(r.get("judge_std"))] if judged else []),
               fmt(r.get("n"))] for r in rows]
-    headers = ["target", "achieved mean", "achieved std", "n"]
+    headers = ["target", "E_id mean", "E_id std",
+               *(["judge mean", "judge std"] if judged else []), "n"]
     return _section("calibration", "Calibration", mk.table(headers, table) + chart)
 
 

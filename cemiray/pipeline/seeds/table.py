@@ -1,4 +1,4 @@
-"""The seed table: the identities a generation job makes images of, one Parquet row each.
+"""The seed table (pipeline part): the identities a generation job draws, one Parquet row each.
 
 Columns:
 - `seed_id` (int64, unique, not null): the identity's name, kept in every generated row;
