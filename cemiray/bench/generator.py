@@ -67,15 +67,15 @@ def train(args, train_out: str) -> dict:
 
 def inquiry_images(data_uri: str, n: int, size: int, sample: int = 0):
     """One image (`sample`) of each of `n` new identities of the training data's world."""
-    from cemiray.data.sources import parse_ids, parse_source
+    from cemiray.data.sources import Source
     from cemiray.data.toyfaces import ToyFacesSplit, ToyFacesWorld
 
-    source = parse_source(data_uri)
-    if source.kind != "toyfaces":
+    source = Source.parse(data_uri)
+    if source.toy is None:
         raise SystemExit(f"--data {data_uri!r}: the benchmark draws new identities from ToyFaces")
-    p = source.params
-    world = ToyFacesWorld(seed=int(p["seed"]), size=size, difficulty=float(p["difficulty"]))
-    split = ToyFacesSplit(num_train=max(parse_ids(p["ids"])) + 1, num_test=0)
+    toy = source.toy
+    world = ToyFacesWorld(seed=toy.seed, size=size, difficulty=toy.difficulty)
+    split = ToyFacesSplit(num_train=max(toy.identities()) + 1, num_test=0)
     return world.render_batch(list(split.new_ids(n)), [sample] * n)[0]
 
 

@@ -196,13 +196,6 @@ class Source:
     def __str__(self) -> str:
         return self.uri
 
-    @property
-    def params(self) -> dict[str, str]:
-        """The ToyFaces parameters as the URI's strings (for callers not yet on `.toy`)."""
-        if self.toy is None:
-            return {}
-        return dict(parse_qsl(self.uri.partition("?")[2]))
-
     def _parquet_files(self) -> tuple[list[str], list[int]]:
         fs, path = storage.filesystem(self.url)
         if fs.isfile(path):

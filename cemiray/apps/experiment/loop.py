@@ -19,12 +19,11 @@ import time
 from cemiray.apps.experiment.cache import StageCache, StageResult
 from cemiray.apps.experiment.config import REAL, ExperimentConfig, SyntheticSet
 from cemiray.data import storage
+from cemiray.data.sources import Source
 
 
 def toyfaces(cfg: ExperimentConfig, first: int, count: int, samples: int) -> str:
     """The URI of `samples` images of identities first..first+count−1 of the loop's world."""
-    from cemiray.data.sources import Source
-
     w = cfg.world
     return Source.toyfaces(range(first, first + count), samples=samples, seed=w.seed,
                            size=w.size, difficulty=w.difficulty).uri
@@ -177,8 +176,6 @@ def stage_judge(cfg: ExperimentConfig, cache: StageCache, recognizer: str,
 
 def _data_path(uri: str) -> str:
     """The folder of a file-backed set (what the cache hashes), or the URI of a ToyFaces one."""
-    from cemiray.data.sources import Source
-
     return Source.parse(uri).url or uri
 
 
@@ -216,7 +213,7 @@ def run(cfg: ExperimentConfig) -> dict:
     for spec in cfg.sets:
         generated[spec.label] = stage_generate(cfg, cache, spec, seeds.result["table"],
                                                generator, recognizer)
-        datasets[spec.label] = "parquet:" + generated[spec.label].result["parquet"]
+        datasets[spec.label] = Source.at("parquet", generated[spec.label].result["parquet"]).uri
     real_ids = cfg.real_identities()
     datasets[REAL] = toyfaces(cfg, real_ids.start, len(real_ids), cfg.samples_per_identity)
 
