@@ -122,6 +122,9 @@ def test_file_is_small_and_says_its_part(name: str) -> None:
     assert lines <= MAX_LINES, f"{path}: {lines} lines (at most {MAX_LINES})"
     doc = ast.get_docstring(ast.parse(text))
     assert doc and doc.strip(), f"{path}: no module docstring"
+    first, *rest = doc.splitlines()
+    assert first.rstrip().endswith((".", ":")) and (not rest or not rest[0].strip()), (
+        f"{path}: the docstring's first line should say what the module is, in one line")
 
 
 def test_no_class_defined_inside_a_function() -> None:

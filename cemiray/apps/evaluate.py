@@ -1,4 +1,6 @@
-"""`cemiray evaluate`: a face-recognition model on verification sets (insightface arcface_torch
+"""`cemiray evaluate` (apps): verification accuracy and score distributions of one recogniser.
+
+`cemiray evaluate`: a face-recognition model on verification sets (insightface arcface_torch
 protocol) and on face datasets (GANDiffFace's mated / non-mated score distributions), with every
 image embedded in one Ray Data pass.
 

@@ -1,4 +1,6 @@
-"""Every benchmark's code: each figure is a ratio or a rate measured within one run, written as
+"""Benchmarks (bench): every benchmark's code; `jobs/` holds their thin entry points.
+
+Every benchmark's code: each figure is a ratio or a rate measured within one run, written as
 JSON with the machine it ran on (`common.py`); `jobs/` holds thin entry points.
 
 - `bench-unet` (unet_flops): UNet FLOP/s ÷ measured GEMM FLOP/s per preset;

@@ -1,4 +1,6 @@
-"""What every benchmark job shares: the machine and versions it ran on, ratios measured in one
+"""What every benchmark shares (bench): ratios measured in one run and one JSON per benchmark.
+
+What every benchmark job shares: the machine and versions it ran on, ratios measured in one
 run (alternating repeats, median of the per-repeat ratios), and one JSON file per benchmark."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Batched training augmentations on tensors in [-1, 1], N×3×H×W, driven by a torch Generator so a
+"""Training augmentations (data): batched, seeded tensor transforms of the FR recipe.
+
+Batched training augmentations on tensors in [-1, 1], N×3×H×W, driven by a torch Generator so a
 run is reproducible: horizontal flip, random resized crop, colour jitter, random erasing."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""ImageFolder datasets: `<root>/<identity>/<sample>.<png|jpg>`, one folder per identity, as
+"""ImageFolder datasets (data): one folder per identity, as torchvision and arcface_torch read them.
+
+ImageFolder datasets: `<root>/<identity>/<sample>.<png|jpg>`, one folder per identity, as
 torchvision's ImageFolder and arcface_torch read them.
 
 Labels are positions in the sorted list of folder names (torchvision's rule) and samples are

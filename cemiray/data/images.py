@@ -1,4 +1,6 @@
-"""Image bytes ↔ pixels. Every face row carries its image encoded (PNG or JPEG) so that rows are
+"""Image bytes ↔ pixels (data): PNG/JPEG encoding and strict decoding to uint8 RGB.
+
+Image bytes ↔ pixels. Every face row carries its image encoded (PNG or JPEG) so that rows are
 small and formats stay interchangeable; pixels are always uint8 RGB, H×W×3."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The ORL (AT&T) face database: 40 subjects × 10 grey 92×112 PGM images, `s<subject>/<n>.pgm`.
+"""The ORL face database (data): 40 subjects × 10 grey 92×112 photos, read as face rows.
+
+The ORL (AT&T) face database: 40 subjects × 10 grey 92×112 PGM images, `s<subject>/<n>.pgm`.
 The one real face dataset shipped beside the project, at `../shared/data/orl_faces` from the
 project root."""
 

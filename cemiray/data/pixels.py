@@ -1,4 +1,6 @@
-"""Pixel normalisation: the one mapping between uint8 RGB and the float tensors in [−1, 1] that
+"""Pixel normalisation (data): the one mapping between uint8 RGB and model inputs in [−1, 1].
+
+Pixel normalisation: the one mapping between uint8 RGB and the float tensors in [−1, 1] that
 every model here takes (arcface_torch's (x/255 − 0.5)/0.5, written x/127.5 − 1)."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""insightface training sets in MXNet RecordIO (`train.rec`, `train.idx`, `property`), read and
+"""insightface RecordIO (data): `train.rec`/`train.idx`/`property` read and written without MXNet.
+
+insightface training sets in MXNet RecordIO (`train.rec`, `train.idx`, `property`), read and
 written without MXNet.
 
 Layout (dmlc-core RecordIO + MXNet image records), all little-endian:

@@ -1,4 +1,6 @@
-"""fsspec-backed storage: every path the project takes is a URL (local path, file://, memory://,
+"""Storage (data): every path is an fsspec URL; finished artefacts are written atomically.
+
+fsspec-backed storage: every path the project takes is a URL (local path, file://, memory://,
 s3://, gs://, ...). Writes that produce a finished artefact go through a temporary name and a
 rename, so a reader never sees half of a file."""
 

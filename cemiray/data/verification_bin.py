@@ -1,4 +1,6 @@
-"""arcface_torch verification sets (`lfw.bin`, `cfp_fp.bin`, ...): a pickle of
+"""arcface_torch verification `.bin` files (data): read safely and written.
+
+arcface_torch verification sets (`lfw.bin`, `cfp_fp.bin`, ...): a pickle of
 `(images, issame)`, two encoded images per pair and one bool per pair.
 
 These files come from strangers, and unpickling runs whatever globals a pickle names, so they

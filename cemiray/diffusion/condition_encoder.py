@@ -1,4 +1,6 @@
-"""The condition encoder of the CemiFace generator: identity embedding + similarity scalar m
+"""The CemiFace condition encoder (diffusion): identity, m and variation → UNet conditions.
+
+The condition encoder of the CemiFace generator: identity embedding + similarity scalar m
 (+ optional nuisance attributes) → cross-attention tokens and a pooled vector.
 
 CemiFace appends `C_att = F2(concat(C_id, F1(m)))` as extra keys/values to the UNet's attention.

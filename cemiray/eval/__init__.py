@@ -1,4 +1,6 @@
-"""Evaluation protocols and reports: 1:1 verification (arcface_torch protocol) and mated /
+"""Evaluation (eval): verification, score distributions, control metrics, statistics; no Ray.
+
+Evaluation protocols and reports: 1:1 verification (arcface_torch protocol) and mated /
 non-mated score distributions (GANDiffFace)."""
 
 from cemiray.eval.score_distributions import (

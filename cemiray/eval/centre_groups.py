@@ -1,4 +1,6 @@
-"""Images grouped by their cosine similarity to their identity's centre: the analysis behind
+"""Images grouped by similarity to their identity's centre (eval): CemiFace's Table 1 analysis.
+
+Images grouped by their cosine similarity to their identity's centre: the analysis behind
 CemiFace's Table 1, where face-recognition models trained on moderately similar images beat
 those trained on the easiest (most similar) and the hardest ones.
 

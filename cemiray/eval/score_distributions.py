@@ -1,4 +1,6 @@
-"""Mated / non-mated similarity-score distributions of a face dataset (GANDiffFace's evaluation
+"""Mated / non-mated score distributions of a face dataset (eval): GANDiffFace's evaluation.
+
+Mated / non-mated similarity-score distributions of a face dataset (GANDiffFace's evaluation
 without training): how well a pretrained recogniser separates the identities of a (synthetic or
 real) set, and how far two sets' distributions lie from each other.
 

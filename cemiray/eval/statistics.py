@@ -1,4 +1,6 @@
-"""Statistics that settle a comparison: a mean with its 95% confidence interval over repeated
+"""Statistics that settle a comparison (eval): means with 95% intervals and paired t-tests.
+
+Statistics that settle a comparison: a mean with its 95% confidence interval over repeated
 trainings, and a paired test of two settings run with the same seeds (and the same folds).
 
 Each training of a setting is one sample; two settings trained with the same seeds form pairs,

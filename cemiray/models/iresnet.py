@@ -1,4 +1,6 @@
-"""IResNet backbones (IR-18/34/50/100) whose state dicts match insightface arcface_torch's
+"""IResNet backbones (models) whose state dicts match arcface_torch's key for key.
+
+IResNet backbones (IR-18/34/50/100) whose state dicts match insightface arcface_torch's
 `backbones/iresnet.py` key for key, so `backbone.pth` files trained there load unchanged.
 
 The input size is a constructor argument (16-112 px, square): the stem keeps the resolution and

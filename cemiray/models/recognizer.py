@@ -1,4 +1,6 @@
-"""Loading the face-recognition models users bring: cemiray model folders, arcface_torch `.pth`
+"""Loading recognisers (models): cemiray folders, arcface_torch `.pth`, insightface ONNX, dlib.
+
+Loading the face-recognition models users bring: cemiray model folders, arcface_torch `.pth`
 state dicts, insightface ONNX recognisers (`w600k_r50.onnx`, ...) and the dlib judge.
 
 Images go in as uint8 RGB (N x H x W x 3) or as float tensors already normalised to [-1, 1]

@@ -1,4 +1,6 @@
-"""The recogniser interface every face-recognition model here implements: images in (uint8 RGB
+"""The recogniser interface (models): images in, unit embeddings out, shared input checks.
+
+The recogniser interface every face-recognition model here implements: images in (uint8 RGB
 or float tensors in [−1, 1]), unit embeddings out, and the input checks they share."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Model weights on storage: cemiray folders (`config.json` + `model.safetensors`) and
+"""Model weights on storage (models): cemiray folders and `.pth` state dicts, loaded safely.
+
+Model weights on storage: cemiray folders (`config.json` + `model.safetensors`) and
 arcface_torch-style `.pth` state dicts, which are pickles and so are only ever opened with
 `torch.load(weights_only=True)`: a file that asks to run code is refused, never executed."""
 

@@ -1,4 +1,6 @@
-"""Connecting a job to Ray: an in-process local cluster by default, or the cluster a
+"""Connecting a job to Ray (runtime): a local cluster, the submitting job's, or an address.
+
+Connecting a job to Ray: an in-process local cluster by default, or the cluster a
 `ray job submit` runs the job in (RAY_ADDRESS), or an explicit address."""
 
 from __future__ import annotations

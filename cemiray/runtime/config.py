@@ -1,4 +1,6 @@
-"""Typed job configs: one pydantic model per job, loaded from YAML, overridden from the command
+"""Typed job configs (runtime): YAML + `key=value` overrides, `--dry-run`, saved beside outputs.
+
+Typed job configs: one pydantic model per job, loaded from YAML, overridden from the command
 line with `key=value` (dotted keys reach nested models), printed resolved with `--dry-run`, and
 saved as JSON beside every output."""
 

@@ -1,4 +1,6 @@
-"""The typed config of the `serve` job: which models to load (only ever from here, never from a
+"""The `serve` job's config (serve): models to load, scaling and batching, request limits.
+
+The typed config of the `serve` job: which models to load (only ever from here, never from a
 request), how the deployments scale and batch, and the limits every request is held to."""
 
 from __future__ import annotations

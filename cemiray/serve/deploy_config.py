@@ -1,4 +1,6 @@
-"""The production Serve config: the multi-application document `serve build` writes and
+"""The production Serve config (serve): what `serve deploy` and a KubeRay RayService read.
+
+The production Serve config: the multi-application document `serve build` writes and
 `serve deploy` / a KubeRay RayService (`serveConfigV2`) reads. Deployment options come from the
 same `ServeConfig.deployment_options()` that `build_app` uses, so the file and the code agree."""
 

@@ -1,4 +1,6 @@
-"""train-fr's networks and Partial FC state (train part): the backbone + head module, and the
+"""train-fr's networks (train): the backbone + head module and each worker's Partial FC shard.
+
+train-fr's networks and Partial FC state (train part): the backbone + head module, and the
 centre shard each Ray Train worker trains beside its DeepSpeed engine.
 
 Imported by the worker loop only (torch at module level): `cemiray train-fr --dry-run` stays

@@ -1,4 +1,6 @@
-"""Gather the stages' outputs into the results document the report renders
+"""The experiment's results document (apps): every stage's output gathered for the report.
+
+Gather the stages' outputs into the results document the report renders
 (training-set table, m-sweep, calibration, sample grid, score distributions, seeds, provenance).
 """
 

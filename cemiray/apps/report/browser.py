@@ -1,4 +1,6 @@
-"""Open a report in headless Chromium: a screenshot to look at, and the page's own count of the
+"""Headless Chromium for the report (apps): a screenshot and the page's count of decoded images.
+
+Open a report in headless Chromium: a screenshot to look at, and the page's own count of the
 images that decoded, so a test can prove the report renders rather than only that files exist."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The report's figures, drawn with matplotlib's Agg canvas (no pyplot, so no global state and no
+"""The report's figures (apps): matplotlib charts drawn from the results document.
+
+The report's figures, drawn with matplotlib's Agg canvas (no pyplot, so no global state and no
 display). Each function checks the part of the results it draws, writes one PNG to a storage URL
 and returns the numbers it plotted, so report.json holds the data behind every picture."""
 

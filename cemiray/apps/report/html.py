@@ -1,4 +1,6 @@
-"""The experiment report: one self-contained folder with report.html, figures/*.png (relative
+"""The report page (apps): report.html, figures/*.png and report.json in one movable folder.
+
+The experiment report: one self-contained folder with report.html, figures/*.png (relative
 links only, so the folder can be moved or served as is) and report.json (the results plus the
 data behind every figure). Every piece of text from the results is HTML-escaped."""
 

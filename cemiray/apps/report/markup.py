@@ -1,4 +1,6 @@
-"""The report page's markup: its style sheet, the image check a headless browser reads back,
+"""The report page's markup (apps): style sheet, image check, escaped text and tables.
+
+The report page's markup: its style sheet, the image check a headless browser reads back,
 and escaped text, numbers and tables (every piece of text from the results goes through here)."""
 
 from __future__ import annotations

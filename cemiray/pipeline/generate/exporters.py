@@ -1,4 +1,6 @@
-"""Generated shards → the training formats of the field: insightface RecordIO
+"""Generated shards → training formats (pipeline): insightface RecordIO and ImageFolder.
+
+Generated shards → the training formats of the field: insightface RecordIO
 (`train.rec`/`train.idx`/`property`) and ImageFolder (`<label>/<sample>.png`). Image bytes are
 copied unchanged (PNG); labels are the dataset's identity indices, samples the per-identity
 sample indices, so both formats read back to the same (label, sample, pixels) rows.
