@@ -18,8 +18,8 @@ def judge() -> DlibRecognizer:
     return load_recognizer("dlib")
 
 
-def test_dlib_separates_orl_people(judge: DlibRecognizer) -> None:
-    rows = [r for r in read_orl(subjects=range(1, 11)) if r["sample"] < 4]
+def test_dlib_separates_orl_people(judge: DlibRecognizer, orl_root) -> None:
+    rows = [r for r in read_orl(str(orl_root), subjects=range(1, 11)) if r["sample"] < 4]
     images = np.stack([decode_image(r["image"]) for r in rows])
     labels = np.array([r["label"] for r in rows])
     emb = judge.embed(images)
