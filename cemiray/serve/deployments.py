@@ -72,7 +72,7 @@ class RecognizerModel:
     def _embed(self, images: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        from cemiray.models.recognizer import images_to_tensor, resize_square
+        from cemiray.models.recognizer_base import images_to_tensor, resize_square
 
         size = self.recognizer.input_size
         # np.array copies: arrays from the object store are read-only, which torch warns about.
