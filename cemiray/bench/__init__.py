@@ -8,5 +8,6 @@ JSON with the machine it ran on (`common.py`); `jobs/` holds thin entry points.
 - `bench-serve` (serve): HTTP embedding img/s ÷ in-process batched img/s;
 - `bench-fr` (fr): Ray Train + DeepSpeed ÷ a plain loop, ToyFaces calibration, ORL scores;
 - `jobs/bench_render.py` (render), `jobs/bench_seeds.py` (seeds), `jobs/bench_generator.py`
-  (generator): ToyFaces rendering speed, seed filtering at scale, the generator's control.
+  (generator): ToyFaces rendering speed, seed filtering at scale, the generator's control;
+- `jobs/bench_judge.py` (judge): the shipped judge and E_id on the same held-out pairs.
 """
