@@ -31,7 +31,8 @@ def tiny_loop() -> ExperimentConfig:
 def test_quickstart_small(ray_cluster, tmp_path, capsys):
     cfg = QuickstartConfig(out=str(tmp_path / "qs"), train_identities=12, test_identities=6,
                            samples_per_identity=4, verification_pairs=20, shard_identities=5,
-                           experiment=tiny_loop())
+                           experiment=tiny_loop().model_copy(
+                               update={"summary_json": str(tmp_path / "summary.json")}))
     summary = run(cfg)
     assert summary["parquet_rows"] == 48 and summary["recordio_records"] == 48
     assert summary["parquet_shards"] == 3 and summary["classes"] == 12
@@ -55,6 +56,10 @@ def test_quickstart_small(ray_cluster, tmp_path, capsys):
     assert claim["verdict"] in printed
     assert results["judge"]["independent"] and "judge_mean" in results["calibration"][0]
     assert -1 <= results["calibration"][0]["judge_mean"] <= 1
+    quoted = json.loads((tmp_path / "summary.json").read_text())  # what a README table copies
+    assert [r["accuracies"] for r in quoted["training_sets"]] == [
+        r["accuracies"] for r in results["training_sets"]]
+    assert quoted["claims"][0]["verdict"] == claim["verdict"] and quoted["command"]
     assert [c["target"] for c in results["calibration"]] == [0.5]
     assert results["calibration"][0]["n"] == 24
     assert set(results["score_distributions"]) == {"real", "m=0.5"}

@@ -135,6 +135,9 @@ class ExperimentConfig(JobConfig):
     fr: FRRecipe = Field(default_factory=FRRecipe)
     grid_identities: int = Field(6, ge=1, description="rows of the sample grid")
     report: bool = True
+    summary_json: str | None = Field(None, description="also write the figures a README table "
+                                     "quotes (rows, claims, calibration, models) to this small "
+                                     "JSON, e.g. docs/results/quickstart.json")
     screenshot: bool = Field(False, description="render the report in headless Chromium")
     ray: RayConfig = Field(default_factory=RayConfig)
 

@@ -14,6 +14,7 @@ only the stages whose config or inputs changed.
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from cemiray.apps.experiment.cache import StageCache, StageResult
@@ -185,7 +186,7 @@ def slug(text: str) -> str:
 
 
 def run(cfg: ExperimentConfig) -> dict:
-    from cemiray.apps.experiment.results import collect_results
+    from cemiray.apps.experiment.results import collect_results, summary_of
     from cemiray.runtime.cluster import init_ray
 
     cfg = cfg.model_copy(update={"out": storage.absolute(cfg.out),
@@ -237,6 +238,11 @@ def run(cfg: ExperimentConfig) -> dict:
                               json.dumps(results, indent=2, default=str) + "\n")
     summary = {"out": cfg.out, "results": storage.join(cfg.out, "results.json"),
                "table": results["training_sets"]}
+    if cfg.summary_json:
+        command = "cemiray " + " ".join(sys.argv[1:]) if sys.argv[1:] else "cemiray experiment"
+        storage.atomic_write_text(cfg.summary_json, json.dumps(
+            summary_of(results, command), indent=1, default=str) + "\n")
+        summary["summary_json"] = cfg.summary_json
     if cfg.report:
         from cemiray.apps.report.html import write_report
 

@@ -214,3 +214,21 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *,
     }
     return results
 
+
+
+def summary_of(results: dict[str, Any], command: str) -> dict[str, Any]:
+    """The few figures a README table is copied from: each set's accuracies, the claims, the
+    judge's calibration, which models measured what, and the command that made them."""
+    keep = ("name", "kind", "m", "images", "identities", "accuracy", "accuracy_ci95",
+            "accuracies", "trainings")
+    return {
+        "command": command,
+        "created": results.get("created"),
+        "machine": {k: results.get("machine", {}).get(k) for k in ("cpus", "gpu", "date")},
+        "training_sets": [{k: row.get(k) for k in keep} for row in results["training_sets"]],
+        "claims": [{k: c[k] for k in ("claim", "a", "b", "p", "significant", "ratio", "verdict")}
+                   for c in results.get("claims", [])],
+        "calibration": results.get("calibration", []),
+        "judge": results.get("judge"),
+        "wall_seconds": results.get("provenance", {}).get("wall_seconds"),
+    }
