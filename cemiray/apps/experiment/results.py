@@ -229,6 +229,17 @@ def summary_of(results: dict[str, Any], command: str) -> dict[str, Any]:
         "claims": [{k: c[k] for k in ("claim", "a", "b", "p", "significant", "ratio", "verdict")}
                    for c in results.get("claims", [])],
         "calibration": results.get("calibration", []),
-        "judge": results.get("judge"),
-        "wall_seconds": results.get("provenance", {}).get("wall_seconds"),
+        "judge": {**results["judge"], "path": _relative(results["judge"]["path"])}
+        if results.get("judge") else None,
     }
+
+
+def _relative(path: str) -> str:
+    """A path under the working folder as a relative one (no machine's paths in shared JSON)."""
+    import os
+
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if relative.startswith("..") else relative
