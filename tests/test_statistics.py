@@ -46,3 +46,24 @@ def test_bad_input_is_named() -> None:
         mean_ci([0.5, float("nan")])
     with pytest.raises(ValueError, match="no values"):
         mean_ci([])
+
+
+def test_the_experiment_claims_pair_equal_sizes_and_the_scaled_set() -> None:
+    from cemiray.apps.experiment.results import claims
+
+    def row(name, kind, m, identities, accuracies):
+        return {"name": name, "kind": kind, "m": m, "identities": identities,
+                "accuracies": accuracies, "accuracy": float(np.mean(accuracies))}
+
+    rows = [row("real", "real", None, 50, [0.85, 0.84, 0.86]),
+            row("m=0.6", "synthetic", [0.6], 50, [0.80, 0.79, 0.81]),
+            row("m=1", "synthetic", [1.0], 50, [0.78, 0.78, 0.79]),
+            row("real x4", "real", None, 200, [0.90, 0.91, 0.92]),
+            row("m=0.6 x4", "synthetic", [0.6], 200, [0.95, 0.96, 0.94])]
+    found = {c["claim"]: c for c in claims(rows)}
+    assert (found["best semi-hard m against m = 1"]["a"],
+            found["best semi-hard m against m = 1"]["b"]) == ("m=0.6", "m=1")
+    assert found["best synthetic set against real"]["a"] == "m=0.6"  # not the 4x set
+    scaled = found["synthetic at 4x the identities against real at equal size"]
+    assert (scaled["a"], scaled["b"]) == ("m=0.6 x4", "real") and scaled["significant"]
+    assert claims([row("real", "real", None, 50, [0.8])]) == []  # one training: no test

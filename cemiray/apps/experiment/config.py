@@ -121,6 +121,12 @@ class ExperimentConfig(JobConfig):
         None, ge=0, description="first ToyFaces identity of the real baseline; default: right "
         "after E_id's and the test identities, so the baseline shares no identity with E_id, "
         "the generator, the test pairs or the seeds")
+    scaling: list[int] = Field(default_factory=list, description="also train on the real set "
+                               "and on `scaling_set` at these multiples of `identities`, with the "
+                               "same images per identity (e.g. [2, 4]): the claim that more "
+                               "synthetic identities close the gap to real data")
+    scaling_set: str | None = Field(None, description="the synthetic set that is scaled (its "
+                                    "label; default: the first single-m set with m < 1)")
     trainings: int = Field(3, ge=1, description="FR trainings per training set, with seeds "
                            "0…n−1 (initialisation, augmentation, data order); rows report the "
                            "mean with its 95% CI and the claims a paired t-test")
@@ -153,6 +159,13 @@ class ExperimentConfig(JobConfig):
             first = self.recognizer_identities + self.test_identities
         return range(first, first + self.identities)
 
+    def scaled_set(self) -> SyntheticSet:
+        """The synthetic set the `scaling` multiples apply to."""
+        if self.scaling_set is not None:
+            return next(s for s in self.sets if s.label == self.scaling_set)
+        semi = [s for s in self.sets if len(s.m) == 1 and s.m[0] < 1.0]
+        return (semi or self.sets)[0]
+
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         labels = [s.label for s in self.sets]
@@ -162,6 +175,12 @@ class ExperimentConfig(JobConfig):
             raise ValueError("sets: 'real' names the real-data baseline")
         if not self.sets and not self.real_baseline:
             raise ValueError("nothing to train: no sets and no real baseline")
+        if any(k < 2 for k in self.scaling) or len(set(self.scaling)) != len(self.scaling):
+            raise ValueError(f"scaling={self.scaling}: distinct multiples of at least 2")
+        if self.scaling and not self.sets:
+            raise ValueError("scaling: needs a synthetic set to scale")
+        if self.scaling_set is not None and self.scaling_set not in labels:
+            raise ValueError(f"scaling_set={self.scaling_set!r}: not one of the sets {labels}")
         taken = self.recognizer_identities + self.test_identities
         if self.real_first_identity is not None and self.real_first_identity < taken:
             raise ValueError(f"real_first_identity={self.real_first_identity}: identities "

@@ -101,25 +101,45 @@ def stage_generator(cfg: ExperimentConfig, cache: StageCache, recognizer: str,
     return cache.run("train-gen", settings, work, {"recognizer": recognizer})
 
 
-def stage_seeds(cfg: ExperimentConfig, cache: StageCache, recognizer: str) -> StageResult:
+def stage_seeds(cfg: ExperimentConfig, cache: StageCache, recognizer: str,
+                count: int) -> StageResult:
     from cemiray.pipeline.seeds.job import SeedsConfig, run
 
-    inquiry = new_identities(cfg, cfg.identities * cfg.candidates_per_identity)
+    inquiry = new_identities(cfg, count * cfg.candidates_per_identity)
     leakage = toyfaces(cfg, 0, cfg.recognizer_identities, 2)
-    settings = {"inquiry": inquiry, "leakage": leakage, "identities": cfg.identities,
+    settings = {"inquiry": inquiry, "leakage": leakage, "identities": count,
                 "quotas": cfg.quotas, "uniqueness": cfg.uniqueness_threshold,
                 "leakage_threshold": cfg.leakage_threshold}
 
     def work(out: str) -> dict:
         result = run(SeedsConfig(out=out, recognizer=recognizer, inquiry=[inquiry],
                                  leakage_data=leakage, probe_data=leakage,
-                                 num_identities=cfg.identities, quotas=cfg.quotas,
+                                 num_identities=count, quotas=cfg.quotas,
                                  uniqueness_threshold=cfg.uniqueness_threshold,
                                  leakage_threshold=cfg.leakage_threshold,
                                  ray=cfg.ray))
         return {"table": result["table"], "report": result["report"], "kept": result["kept"]}
 
     return cache.run("seeds", settings, work, {"recognizer": recognizer})
+
+
+def stage_seed_subset(cache: StageCache, table: str, count: int) -> str:
+    """The first `count` seeds of a table: the base sets use as many identities as the real
+    baseline while the scaled sets draw on the whole table."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    def work(out: str) -> dict:
+        data = pq.read_table(io.BytesIO(storage.read_bytes(table)))
+        if data.num_rows < count:
+            raise ValueError(f"{table}: {data.num_rows} seeds, fewer than the {count} asked for")
+        url = storage.join(out, "seeds.parquet")
+        with storage.atomic_open(url, "wb") as f:
+            pq.write_table(data.slice(0, count), f)
+        return {"table": url}
+
+    return cache.run(f"seeds-{count}", {"count": count}, work, {"seeds": table}).result["table"]
 
 
 def schedule_of(spec: SyntheticSet) -> dict:
@@ -129,7 +149,8 @@ def schedule_of(spec: SyntheticSet) -> dict:
 
 
 def stage_generate(cfg: ExperimentConfig, cache: StageCache, spec: SyntheticSet, seeds: str,
-                   generator: str, recognizer: str) -> StageResult:
+                   generator: str, recognizer: str, label: str | None = None,
+                   identities: int | None = None) -> StageResult:
     from cemiray.pipeline.generate.job import GenerateConfig, run
 
     sampling = cfg.sampling
@@ -141,7 +162,7 @@ def stage_generate(cfg: ExperimentConfig, cache: StageCache, spec: SyntheticSet,
             "out": out, "seeds": seeds, "generator": generator, "recognizer": recognizer,
             "judge": cfg.judge,
             "samples_per_identity": cfg.samples_per_identity,
-            "identities_per_shard": max(1, cfg.identities // 4),
+            "identities_per_shard": max(1, (identities or cfg.identities) // 4),
             "schedule": schedule_of(spec), "sampling": sampling,
             "images_per_call": cfg.images_per_call,
             "ray": cfg.ray.model_dump(mode="json"),
@@ -150,7 +171,7 @@ def stage_generate(cfg: ExperimentConfig, cache: StageCache, spec: SyntheticSet,
                 "images_per_s": result.get("images_per_s"), "judged": bool(cfg.judge)}
 
     inputs = {"seeds": seeds, "generator": generator, "recognizer": recognizer}
-    return cache.run(f"generate-{slug(spec.label)}", settings, work,
+    return cache.run(f"generate-{slug(label or spec.label)}", settings, work,
                      {**inputs, **({"judge": cfg.judge} if cfg.judge else {})})
 
 
@@ -170,14 +191,10 @@ def stage_judge(cfg: ExperimentConfig, cache: StageCache, recognizer: str,
                            labels={uri: label for label, uri in datasets.items()}))
         return {"report": storage.join(out, "report.json")}
 
-    inputs = {"recognizer": model, **{f"set-{slug(k)}": _data_path(v)
-                                           for k, v in datasets.items() if k != REAL}}
+    files = {label: Source.parse(uri).url for label, uri in datasets.items()}
+    inputs = {"recognizer": model, **{f"set-{slug(label)}": url for label, url in files.items()
+                                      if url}}
     return cache.run("judge", settings, work, inputs)
-
-
-def _data_path(uri: str) -> str:
-    """The folder of a file-backed set (what the cache hashes), or the URI of a ToyFaces one."""
-    return Source.parse(uri).url or uri
 
 
 def slug(text: str) -> str:
@@ -207,32 +224,47 @@ def run(cfg: ExperimentConfig) -> dict:
     generator = cfg.generator
     if generator is None:
         generator = stage_generator(cfg, cache, recognizer, real_split).result["generator"]
-    seeds = stage_seeds(cfg, cache, recognizer)
+    largest = cfg.identities * max([1, *cfg.scaling])
+    seeds = stage_seeds(cfg, cache, recognizer, largest)
+    table = seeds.result["table"]
+    base_table = table if largest == cfg.identities else stage_seed_subset(
+        cache, table, cfg.identities)
 
     datasets: dict[str, str] = {}
     generated: dict[str, StageResult] = {}
+    sizes: dict[str, int] = {}  # identities of each training set
     for spec in cfg.sets:
-        generated[spec.label] = stage_generate(cfg, cache, spec, seeds.result["table"],
-                                               generator, recognizer)
+        generated[spec.label] = stage_generate(cfg, cache, spec, base_table, generator,
+                                               recognizer)
         datasets[spec.label] = Source.at("parquet", generated[spec.label].result["parquet"]).uri
     real_ids = cfg.real_identities()
     datasets[REAL] = toyfaces(cfg, real_ids.start, len(real_ids), cfg.samples_per_identity)
+    sizes.update({label: cfg.identities for label in datasets})
+    for k in cfg.scaling:  # more identities, the same images per identity
+        n = cfg.identities * k
+        spec = cfg.scaled_set()
+        label = f"{spec.label} x{k}"
+        subset = table if n == largest else stage_seed_subset(cache, table, n)
+        generated[label] = stage_generate(cfg, cache, spec, subset, generator, recognizer,
+                                          label=label, identities=n)
+        datasets[label] = Source.at("parquet", generated[label].result["parquet"]).uri
+        datasets[f"{REAL} x{k}"] = toyfaces(cfg, real_ids.start, n, cfg.samples_per_identity)
+        sizes[label] = sizes[f"{REAL} x{k}"] = n
 
     trained: dict[str, list[StageResult]] = {}
     training_seeds = range(cfg.trainings)
-    if cfg.real_baseline:
-        trained[REAL] = [stage_train_fr(cfg, cache, REAL, datasets[REAL], test_bin, seed=s)
-                         for s in training_seeds]
-    for spec in cfg.sets:
-        trained[spec.label] = [stage_train_fr(
-            cfg, cache, spec.label, datasets[spec.label], test_bin,
-            inputs={"data": generated[spec.label].result["parquet"]}, seed=s)
-            for s in training_seeds]
+    for label in [REAL, *(name for name in datasets if name != REAL)]:
+        if label.startswith(REAL) and not cfg.real_baseline:
+            continue
+        inputs = {"data": generated[label].result["parquet"]} if label in generated else None
+        trained[label] = [stage_train_fr(cfg, cache, label, datasets[label], test_bin,
+                                         inputs=inputs, seed=s) for s in training_seeds]
     judge = stage_judge(cfg, cache, recognizer, datasets, test_bin)
 
     results = collect_results(cfg, cache, trained=trained, generated=generated,
                               datasets=datasets, seeds=seeds,
                               judge=judge, recognizer=recognizer, generator=generator,
+                              sizes=sizes,
                               wall_seconds=time.perf_counter() - t0)
     storage.atomic_write_text(storage.join(cfg.out, "results.json"),
                               json.dumps(results, indent=2, default=str) + "\n")

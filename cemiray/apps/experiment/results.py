@@ -123,16 +123,19 @@ def judge_section(judge: StageResult, datasets: dict[str, str]) -> tuple[dict, d
     return distributions, distances
 
 
-def training_row(cfg: ExperimentConfig, label: str, stages: list[StageResult]) -> dict:
+def training_row(cfg: ExperimentConfig, label: str, stages: list[StageResult],
+                 identities: int | None = None) -> dict:
     """One training set's row: accuracy as the mean over its trainings (one per seed) with the
     95% confidence interval, each training's accuracy, and the mean fold std."""
-    spec = {s.label: s for s in cfg.sets}.get(label)
+    identities = identities or cfg.identities
+    base = label.rsplit(" x", 1)[0]
+    spec = {s.label: s for s in cfg.sets}.get(base)
     accuracies = [s.result["accuracy"] for s in stages if s.result.get("accuracy") is not None]
     fold_stds = [s.result.get("accuracy_std") or 0.0 for s in stages]
     row: dict[str, Any] = {
-        "name": label, "kind": "real" if label == REAL else "synthetic",
+        "name": label, "kind": "real" if base == REAL else "synthetic",
         "m": None if spec is None else spec.m,
-        "images": cfg.identities * cfg.samples_per_identity, "identities": cfg.identities,
+        "images": identities * cfg.samples_per_identity, "identities": identities,
         "accuracy": None, "accuracy_std": float(np.mean(fold_stds)) if fold_stds else None,
         "accuracies": accuracies, "trainings": len(stages),
         "wall_seconds": sum(s.result.get("train_seconds") or s.seconds for s in stages),
@@ -145,22 +148,31 @@ def training_row(cfg: ExperimentConfig, label: str, stages: list[StageResult]) -
 
 
 def claims(rows: list[dict]) -> list[dict]:
-    """The two comparisons the loop exists for, each a paired t-test over the trainings (same
-    seeds, same test folds): the best semi-hard set (one m below 1) against m = 1, and the best
-    synthetic set against the real one. Absent when a side is missing or has one training."""
+    """The comparisons the loop exists for, each a paired t-test over the trainings (same seeds,
+    same test folds): the best semi-hard set (one m below 1) against m = 1, the best synthetic
+    set against the real one of the same size, and, with `scaling`, the synthetic set with the
+    most identities against that real set. Absent when a side is missing or has one training."""
     by_name = {r["name"]: r for r in rows if len(r.get("accuracies") or []) >= 2}
-    singles = [r for r in by_name.values() if r["kind"] == "synthetic" and r["m"]
-               and len(r["m"]) == 1]
+    base = min((r["identities"] for r in by_name.values()), default=None)
+    equal = [r for r in by_name.values() if r["identities"] == base]
+    singles = [r for r in equal if r["kind"] == "synthetic" and r["m"] and len(r["m"]) == 1]
     easy = [r for r in singles if r["m"][0] == 1.0]
     semi = [r for r in singles if r["m"][0] < 1.0]
-    synthetic = [r for r in by_name.values() if r["kind"] == "synthetic"]
+    synthetic = [r for r in equal if r["kind"] == "synthetic"]
+    scaled = [r for r in by_name.values() if r["kind"] == "synthetic" and r not in equal]
+    real = by_name.get(REAL)
     pairs = []
     if semi and easy:
         best = max(semi, key=lambda r: r["accuracy"])
         pairs.append(("best semi-hard m against m = 1", best, easy[0]))
-    if synthetic and REAL in by_name:
+    if synthetic and real:
         best = max(synthetic, key=lambda r: r["accuracy"])
-        pairs.append(("best synthetic set against real", best, by_name[REAL]))
+        pairs.append(("best synthetic set against real", best, real))
+    if scaled and real:
+        most = max(scaled, key=lambda r: r["identities"])
+        times = most["identities"] // real["identities"]
+        pairs.append((f"synthetic at {times}x the identities against real at equal size",
+                      most, real))
     out = []
     for claim, a, b in pairs:
         n = min(len(a["accuracies"]), len(b["accuracies"]))
@@ -175,8 +187,11 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *,
                     trained: dict[str, list[StageResult]],
                     generated: dict[str, StageResult], datasets: dict[str, str],
                     seeds: StageResult, judge: StageResult,
-                    recognizer: str, generator: str, wall_seconds: float) -> dict[str, Any]:
-    rows = [training_row(cfg, label, stages) for label, stages in trained.items()]
+                    recognizer: str, generator: str, wall_seconds: float,
+                    sizes: dict[str, int] | None = None) -> dict[str, Any]:
+    sizes = sizes or {}
+    rows = [training_row(cfg, label, stages, sizes.get(label))
+            for label, stages in trained.items()]
     distributions, distances = judge_section(judge, datasets)
     attrs, leakage = seeds_section(seeds)
     results: dict[str, Any] = {
