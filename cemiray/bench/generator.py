@@ -79,17 +79,12 @@ def inquiry_images(data_uri: str, n: int, size: int, sample: int = 0):
     return world.render_batch(list(split.new_ids(n)), [sample] * n)[0]
 
 
-def genuine_means(recognizers: dict, data_uri: str, n: int, size: int) -> dict:
-    """Each recogniser's mean similarity between two real images (samples 0 and 1) of the same
-    new identities: the bar a generator's m = 1 is held against."""
-    import numpy as np
-
-    first, second = inquiry_images(data_uri, n, size), inquiry_images(data_uri, n, size, sample=1)
-    out = {}
-    for name, rec in recognizers.items():
-        a, b = rec.embed(first).astype(np.float64), rec.embed(second).astype(np.float64)
-        out[name] = float(rec.to_similarity(np.sum(a * b, axis=1)).mean())
-    return out
+def genuine_means(recognizers: dict, inquiry, data_uri: str, size: int) -> dict:
+    """Each recogniser's mean similarity between the inquiry image (sample 0) and a second real
+    image (sample 1) of the same new identities: the bar a generator's m = 1 is held against."""
+    second = inquiry_images(data_uri, len(inquiry), size, sample=1)
+    return {name: float(rec.similarity(rec.embed(inquiry), rec.embed(second)).mean())
+            for name, rec in recognizers.items()}
 
 
 def verdict(metrics: dict, genuine: dict) -> dict:
@@ -202,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
                             judge=judge)
     metrics = {**result.metrics, "eval_seconds": round(time.perf_counter() - t0, 1)}
     recognizers = {"e_id": recognizer, **({"judge": judge} if judge is not None else {})}
-    genuine = genuine_means(recognizers, args.data, args.identities, size)
+    genuine = genuine_means(recognizers, inquiry, args.data, size)
     report.update(generator=generator, control=metrics, real_genuine_mean=genuine,
                   verdict=verdict(metrics, genuine))
     if args.results:

@@ -33,7 +33,30 @@ _EXPORTS = {
     "training_step": "cemiray.diffusion.similarity_loss",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "PRESETS",
+    "SCHEDULERS",
+    "CemiConditionEncoder",
+    "CemiFaceOutput",
+    "CemiFacePipeline",
+    "ClosedLoopOutput",
+    "ConditionOutput",
+    "GeneratorPreset",
+    "IdentityEncoder",
+    "SimilarityLoss",
+    "as_identity_encoder",
+    "build_generator",
+    "build_sample_scheduler",
+    "build_train_scheduler",
+    "closed_loop_generate",
+    "identity_embeddings_from_images",
+    "load_pipeline",
+    "m_grid",
+    "resolve_preset",
+    "sample_m_grid",
+    "save_pipeline",
+    "training_step",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -63,13 +63,11 @@ def _sample(pipe, recognizer, emb, m, seeds, steps, scheduler, batch_size, guida
     return np.concatenate(images), np.concatenate(sims).astype(np.float64)
 
 
-def judge_similarity(judge, inquiry: np.ndarray, images: np.ndarray,
+def judge_similarity(judge, reference: np.ndarray, images: np.ndarray,
                      identity: np.ndarray) -> np.ndarray:
-    """The judge's similarity of each image to the inquiry image of its identity."""
-    reference = judge.embed(inquiry)
-    embedded = judge.embed(images)
-    cosine = np.sum(embedded.astype(np.float64) * reference[identity], axis=1)
-    return judge.to_similarity(cosine)
+    """The judge's similarity of each image to its identity's inquiry (`reference`: the judge's
+    embeddings of the inquiry images, one row per identity)."""
+    return judge.similarity(judge.embed(images), reference[identity])
 
 
 def _per_target(grid: np.ndarray, targets: list[float]) -> list[dict]:
@@ -136,7 +134,8 @@ def control_report(
     grid = achieved.reshape(n, nt, k)
     metrics["per_target"] = _per_target(grid, targets)
     if judge is not None:
-        judged = judge_similarity(judge, inquiry, images, ident)
+        reference = judge.embed(inquiry)
+        judged = judge_similarity(judge, reference, images, ident)
         metrics["judge"] = {"model_hash": judge.content_hash, **_scores(target, judged),
                             "per_target": _per_target(judged.reshape(n, nt, k), targets)}
     metrics["samplers"] = {f"{scheduler}-{steps}": _scores(target, achieved)}
@@ -171,7 +170,7 @@ def control_report(
             "mean_tries": float(np.concatenate(tries).mean()),
         }
         if judge is not None:
-            judged = judge_similarity(judge, inquiry, np.concatenate(kept), ident)
+            judged = judge_similarity(judge, reference, np.concatenate(kept), ident)
             metrics["judge"]["closed_loop"] = {
                 **_scores(target, judged), "tolerance": tolerance,
                 "within_tolerance": float((np.abs(judged - target) <= tolerance).mean())}

@@ -80,6 +80,12 @@ class Recognizer(ABC):
     def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Unit embeddings (N x dim) of a float N x 3 x H x W tensor in [-1, 1]."""
 
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Row-wise similarity of two N×dim arrays of this model's unit embeddings, on the scale
+        reports show (`to_similarity` of their cosine)."""
+        cosine = np.sum(np.asarray(a, np.float64) * np.asarray(b, np.float64), axis=1)
+        return self.to_similarity(cosine)
+
     @staticmethod
     def to_similarity(cosine: np.ndarray) -> np.ndarray:
         """The similarity reports show for a cosine of unit embeddings: the cosine itself, except

@@ -42,10 +42,9 @@ def calibration(generated: dict[str, StageResult]) -> list[dict]:
     (`judge_*`), the figure that counts since E_id conditioned the generator."""
     by_target: dict[float, dict[str, list[np.ndarray]]] = {}
     for stage in generated.values():
-        cols = read_generated(stage.result["parquet"], ["target_m", "similarity"])
         judged = stage.result.get("judged")
-        if judged:
-            cols.update(read_generated(stage.result["parquet"], ["judge_similarity"]))
+        cols = read_generated(stage.result["parquet"], ["target_m", "similarity"]
+                              + (["judge_similarity"] if judged else []))
         for target in np.unique(cols["target_m"]):
             mask = cols["target_m"] == target
             cell = by_target.setdefault(round(float(target), 4), {})
@@ -190,6 +189,8 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *,
                     recognizer: str, generator: str, wall_seconds: float,
                     sizes: dict[str, int] | None = None) -> dict[str, Any]:
     sizes = sizes or {}
+    hashes = {"recognizer": model_hash(recognizer),
+              **({"judge": model_hash(cfg.judge)} if cfg.judge else {})}
     rows = [training_row(cfg, label, stages, sizes.get(label))
             for label, stages in trained.items()]
     distributions, distances = judge_section(judge, datasets)
@@ -202,7 +203,7 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *,
         "claims": claims(rows),
         "judge": {"path": cfg.judge or recognizer,
                   "independent": cfg.judge is not None,
-                  "sha256": model_hash(cfg.judge or recognizer)},
+                  "sha256": hashes["judge"] if cfg.judge else hashes["recognizer"]},
         "calibration": calibration(generated) if generated else [],
         "score_distributions": distributions,
         "distances": distances,
@@ -216,8 +217,8 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *,
     results["provenance"] = {
         "commit": git_commit(),
         "versions": versions(),
-        "models": {"recognizer": {"path": recognizer, "sha256": model_hash(recognizer)},
-                   **({"judge": {"path": cfg.judge, "sha256": model_hash(cfg.judge)}}
+        "models": {"recognizer": {"path": recognizer, "sha256": hashes["recognizer"]},
+                   **({"judge": {"path": cfg.judge, "sha256": hashes["judge"]}}
                       if cfg.judge else {}),
                    "generator": {"path": generator, "sha256": model_hash(generator)}},
         "configs": {r.name: r.config for r in cache.records},

@@ -106,9 +106,8 @@ class SamplerActor:
             if variation is not None:
                 rows["variation"] = variation[part]
             if inquiry is not None:
-                judged = self.judge.embed(out["images"])
-                rows["judge_similarity"] = np.sum(judged * inquiry[position[part]], axis=1,
-                                                  dtype=np.float64)
+                rows["judge_similarity"] = self.judge.similarity(
+                    self.judge.embed(out["images"]), inquiry[position[part]])
             yield rows
 
     def _sample(self, ids: Any, targets: np.ndarray, seeds: list[int],
@@ -131,11 +130,11 @@ class SamplerActor:
         """Judge embeddings of the chunk's inquiry images, one row per identity."""
         from cemiray.data.images import decode_image
 
-        rows = []
-        for label, data in zip(item["labels"], item["inquiry"], strict=True):
-            image = decode_image(bytes(data), where=f"seed table row {int(label)} inquiry image")
-            rows.append(self.judge.embed(image[None]))
-        return np.concatenate(rows)
+        images = [decode_image(bytes(data), where=f"seed table row {int(label)} inquiry image")
+                  for label, data in zip(item["labels"], item["inquiry"], strict=True)]
+        if len({image.shape for image in images}) == 1:  # one batch when the sizes agree
+            return self.judge.embed(np.stack(images))
+        return np.concatenate([self.judge.embed(image[None]) for image in images])
 
 
 def encode_pngs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
