@@ -34,3 +34,14 @@ def test_the_judge_sees_the_shipped_generator_obey_m() -> None:
     judge_hash = report.metrics["judge"]["model_hash"]
     assert judge_hash == model_hash(TOYFACES_JUDGE) != model_hash(TOYFACES_RECOGNIZER)
     assert report.metrics["judge"]["per_target"][0]["n"] == 16
+
+
+def test_the_control_benchmark_draws_new_identities_of_its_training_world() -> None:
+    """`jobs/bench_generator.py` evaluates on ToyFaces' new identities (1,000,000 on), which no
+    model trained on, of the generator's training world."""
+    from cemiray.bench.generator import DATA, inquiry_images
+
+    images = inquiry_images(DATA, 2, 32, sample=1)
+    expected = ToyFacesWorld(seed=0, size=32).render_batch(
+        [NEW_IDENTITY_OFFSET, NEW_IDENTITY_OFFSET + 1], [1, 1])[0]
+    assert np.array_equal(images, expected)

@@ -75,7 +75,7 @@ def inquiry_images(data_uri: str, n: int, size: int, sample: int = 0):
         raise SystemExit(f"--data {data_uri!r}: the benchmark draws new identities from ToyFaces")
     toy = source.toy
     world = ToyFacesWorld(seed=toy.seed, size=size, difficulty=toy.difficulty)
-    split = ToyFacesSplit(num_train=max(toy.identities()) + 1, num_test=0)
+    split = ToyFacesSplit(num_train=max(r[-1] for r in toy.ids if r) + 1, num_test=0)
     return world.render_batch(list(split.new_ids(n)), [sample] * n)[0]
 
 
