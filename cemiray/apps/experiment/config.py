@@ -109,10 +109,10 @@ class ExperimentConfig(JobConfig):
                                  "sex": {"0": 0.5, "1": 0.5}},
         description="demographic balance of the seeds (GANDiffFace)")
     uniqueness_threshold: float = Field(0.7, ge=-1, le=1, description="seeds more alike than "
-                                        "this (judge cosine) count as one identity")
+                                        "this (E_id cosine) count as one identity")
     leakage_threshold: float = Field(0.8, ge=-1, le=1, description="seeds this close to a "
                                      "training identity's centre are refused; ToyFaces' real "
-                                     "genuine pairs average ≈ 0.55 under the shipped judge")
+                                     "genuine pairs average ≈ 0.55 under E_id")
     samples_per_identity: int = Field(10, ge=1)
     sets: list[SyntheticSet] = Field(default_factory=_default_sets)
     real_baseline: bool = Field(True, description="train FR on as many real images: the same "
