@@ -69,7 +69,7 @@ def _sampler_pids() -> set[int]:
 @pytest.fixture(scope="module")
 def killed_actor_run(ray_cluster, inputs):
     """A run with a fixed pool of 2 actors, one of them SIGKILLed once the first shard exists."""
-    cfg = _config(inputs, str(Path(inputs["root"]) / "killed"), steps=4,
+    cfg = _config(inputs, str(Path(inputs["root"]) / "killed"), steps=12,
                   closed_loop={"tolerance": 0.01, "max_tries": 3},
                   distributed={"num_workers": 2, "min_workers": 2, "object_store_budget_mb": 64})
     result: dict = {}
