@@ -224,7 +224,7 @@ def test_output_holding_another_config_is_refused(killed_actor_run):
     with pytest.raises(OutputConflictError, match=r"config\.schedule\.m: 0\.0 there, 0\.3 now"):
         run(cfg.model_copy(update={"schedule": GenerateConfig.model_validate(
             {**cfg.model_dump(), "schedule": 0.3}).schedule}))
-    with pytest.raises(OutputConflictError, match=r"config\.steps: 4 there, 3 now"):
+    with pytest.raises(OutputConflictError, match=r"config\.steps: 12 there, 3 now"):
         run(cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"steps": 3})}))
     assert {p: Path(p).stat().st_mtime_ns for p in before} == before
     again = run(cfg.model_copy(update={"distributed": cfg.distributed.model_copy(
