@@ -354,12 +354,14 @@ def test_every_route_answers_repeatedly(served, record_property):
 # ---- config and the production Serve file ---------------------------------------------------------
 
 
-def test_serve_config_file_is_a_valid_serve_deploy_config(tmp_path):
+def test_serve_config_file_is_a_valid_serve_deploy_config(tmp_path, monkeypatch):
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
+    monkeypatch.setenv("CEMIRAY_TEST_KEY_SHA256", hashlib.sha256(b"k").hexdigest())
     cfg = ServeConfig(recognizer="s3://bucket/rec", generator="s3://bucket/gen", use_gpu=True,
                       port=8000, host="0.0.0.0", max_batch_size=24,
+                      api_key_sha256_env="CEMIRAY_TEST_KEY_SHA256",
                       recognizer_scaling={"max_replicas": 4, "max_ongoing_requests": 48},
                       generator_scaling={"max_ongoing_requests": 24})
     doc = serve_config(cfg)
@@ -379,12 +381,19 @@ def test_serve_config_file_is_a_valid_serve_deploy_config(tmp_path):
     url = write_serve_config(cfg, str(tmp_path / "serve.yaml"))
     assert yaml.safe_load(Path(url).read_text()) == doc
 
+    monkeypatch.delenv("CEMIRAY_TEST_KEY_SHA256")
+    with pytest.raises(ValueError, match="CEMIRAY_TEST_KEY_SHA256: the environment variable is "
+                                         "not set here"):
+        getattr(importlib.import_module(module), attr)(app["args"])
+
 
 @pytest.mark.parametrize("overrides, fragment", [
     ({"recognizer_scaling": {"max_ongoing_requests": 4}}, "batches would be capped"),
     ({"api_key_sha256": "secret"}, "api_key_sha256 must be 64"),
     ({"default_steps": 60}, "default_steps=60 > max_steps=50"),
     ({"align_size": 100}, "align_size=100"),
+    ({"host": "0.0.0.0"}, "host=0.0.0.0 serves off this machine without an API key"),
+    ({"api_key_sha256": "0" * 64, "api_key_sha256_env": "K"}, "not both"),
 ])
 def test_config_refuses_inconsistent_settings(overrides, fragment):
     with pytest.raises(ValidationError, match=fragment):

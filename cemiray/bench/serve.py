@@ -9,6 +9,11 @@
    Request latency p50/p99 comes from every timed HTTP request.
 2. Generation latency: `POST /v1/generate` for 1 and 8 images (one client, sequential) and the
    same sampler call in-process, alternating; p50 of each and their ratio.
+3. Hostile traffic (`hostile=true`, cemiray.bench.serve_hostile): /healthz with N stalled
+   clients open, and the answers to oversized requests.
+
+Every request goes through the production guards: an API key, the body deadline, the part, item
+and pixel limits.
 
 The app is started on a free loopback port of the local (or joined) Ray cluster and Serve is
 shut down at the end. Models default to random ones written under `out/inputs` (speed does not
@@ -32,6 +37,7 @@ from cemiray.data import storage
 from cemiray.runtime.config import JobConfig, RayConfig
 
 GOAL_EFFICIENCY = 0.80
+BENCH_KEY = "cemiray-bench-key"
 
 
 class BenchServeConfig(JobConfig):
@@ -52,6 +58,9 @@ class BenchServeConfig(JobConfig):
     generate_requests: int = Field(3, ge=1, description="timed requests per count and repeat")
     generate_steps: int = Field(20, ge=1)
     port: int | None = Field(None, ge=1, le=65535, description="None: a free port")
+    hostile: bool = Field(True, description="also measure slow clients and oversized requests")
+    slow_clients: list[PositiveInt] = Field(default_factory=lambda: [32, 128, 240, 300])
+    body_timeout_s: float = Field(10.0, gt=0)
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
@@ -107,8 +116,8 @@ class Clients:
     """`clients` threads posting to one URL at once; each stops after `count` requests or when
     `max_seconds` have passed since the common start."""
 
-    def __init__(self, url: str, body: bytes, clients: int) -> None:
-        self.url, self.body, self.clients = url, body, clients
+    def __init__(self, url: str, body: bytes, clients: int, key: str = BENCH_KEY) -> None:
+        self.url, self.body, self.clients, self.key = url, body, clients, key
 
     def run(self, count: int, max_seconds: float) -> dict[str, Any]:
         import requests
@@ -122,6 +131,7 @@ class Clients:
         def client(i: int) -> None:
             with requests.Session() as session:
                 session.headers["Content-Type"] = "application/json"
+                session.headers["X-API-Key"] = self.key
                 start_line.wait()
                 for _ in range(count):
                     if time.perf_counter() > deadline[0]:
@@ -193,7 +203,8 @@ def embed_efficiency(cfg: BenchServeConfig, base_url: str, recognizer: Any) -> d
                                          cfg.max_batch_size, threads))
         print(f"bench-serve: repeat {rep}: HTTP {http[-1]:.1f} img/s ({result['requests']} "
               f"requests), in-process {local[-1]:.1f} img/s", flush=True)
-    batches = requests.get(f"{base_url}/v1/models", timeout=60).json()["recognizer"]["details"]
+    batches = requests.get(f"{base_url}/v1/models", timeout=60, headers={
+        "X-API-Key": BENCH_KEY}).json()["recognizer"]["details"]
     ratio = median_ratio(http, local)
     ms = np.asarray(latencies) * 1e3
     return {"http_img_per_s": http, "inprocess_img_per_s": local, "http_over_inprocess": ratio,
@@ -246,6 +257,7 @@ def generate_latency(cfg: BenchServeConfig, base_url: str, generator: str,
     url = f"{base_url}/v1/generate"
     out: dict[str, Any] = {"steps": cfg.generate_steps}
     with requests.Session() as session:
+        session.headers["X-API-Key"] = BENCH_KEY
         for n in cfg.generate_counts:
             body = {"embedding": identity.tolist(), "m": [0.5], "images_per_m": n,
                     "steps": cfg.generate_steps}
@@ -267,6 +279,8 @@ def generate_latency(cfg: BenchServeConfig, base_url: str, generator: str,
 
 
 def run(cfg: BenchServeConfig) -> dict:
+    import hashlib
+
     from ray import serve
 
     from cemiray.bench.common import write_result
@@ -287,7 +301,8 @@ def run(cfg: BenchServeConfig) -> dict:
         max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s,
         default_steps=min(20, cfg.generate_steps), max_steps=max(50, cfg.generate_steps),
         max_images_per_request=max(32, longest),
-        max_image_steps=max(2048, longest * cfg.generate_steps))
+        max_image_steps=max(2048, longest * cfg.generate_steps), body_timeout_s=cfg.body_timeout_s,
+        api_key_sha256=hashlib.sha256(BENCH_KEY.encode()).hexdigest())
     recognizer = load_recognizer(recognizer_uri)
     load = os.getloadavg()[0]
     try:
@@ -295,6 +310,11 @@ def run(cfg: BenchServeConfig) -> dict:
         figures = {"embed": embed_efficiency(cfg, base_url, recognizer),
                    "generate": generate_latency(cfg, base_url, generator_uri, recognizer),
                    "clients": cfg.clients, "max_batch_size": cfg.max_batch_size}
+        if cfg.hostile:
+            from cemiray.bench.serve_hostile import hostile_figures
+
+            figures["hostile"] = hostile_figures(base_url, BENCH_KEY, cfg.slow_clients,
+                                                 cfg.body_timeout_s, 32)
     finally:
         serve.shutdown()
     figures["load_average_1m"] = {"start": load, "end": os.getloadavg()[0]}

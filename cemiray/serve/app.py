@@ -22,7 +22,9 @@ __all__ = ["ServeConfig", "app_builder", "build_app", "run"]
 
 
 def build_app(cfg: ServeConfig) -> serve.Application:
-    """The bound application: ingress → recogniser (and generator when configured)."""
+    """The bound application: ingress → recogniser (and generator when configured). The API
+    key's digest is resolved here (from `api_key_sha256_env` where set)."""
+    cfg = cfg.model_copy(update={"api_key_sha256": cfg.key_digest(), "api_key_sha256_env": None})
     options = cfg.deployment_options()
     recognizer = RecognizerModel.options(**options[RECOGNIZER]).bind(cfg)
     generator = (GeneratorModel.options(**options[GENERATOR]).bind(cfg)

@@ -5,6 +5,7 @@ request), how the deployments scale and batch, and the limits every request is h
 
 from __future__ import annotations
 
+import os
 import re
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cemiray.runtime.config import JobConfig, RayConfig
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 INGRESS, RECOGNIZER, GENERATOR = "Ingress", "Recognizer", "Generator"
 
 
@@ -54,14 +56,29 @@ class ServeConfig(JobConfig):
     block: bool = Field(True, description="run() waits until interrupted; False returns at once")
     api_key_sha256: str | None = Field(
         None, description="SHA-256 hex of the key clients send as X-API-Key (the key itself is "
-        "never stored); None: no key needed")
+        "never stored); None: no key needed (refused off loopback, see allow_without_key)")
+    api_key_sha256_env: str | None = Field(
+        None, description="name of an environment variable holding api_key_sha256 (e.g. filled "
+        "from a Kubernetes Secret), read where the app is built; the app refuses to start if it "
+        "is unset")
+    allow_without_key: bool = Field(
+        False, description="serve on a non-loopback host with no API key (only behind a proxy "
+        "that authenticates; say why in the config)")
+    key_failures_per_minute: int = Field(
+        10, ge=1, description="failed API keys a client host may send per minute before 429")
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="a request body must arrive whole within this many seconds of "
+        "the request's start, else 408 (slow clients free their slot)")
 
     use_gpu: bool = False
     num_gpus: float = Field(1.0, gt=0, description="GPUs per model replica when use_gpu")
     num_cpus: float = Field(0.25, gt=0, description="CPUs per replica (ingress and models)")
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
-    ingress_scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    ingress_scaling: ScalingConfig = Field(
+        default_factory=lambda: ScalingConfig(max_ongoing_requests=256),
+        description="the ingress only awaits I/O and model calls, so one replica holds many "
+        "requests: slow clients (cut at body_timeout_s) do not starve /healthz")
     recognizer_scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     generator_scaling: ScalingConfig = Field(default_factory=ScalingConfig)
 
@@ -73,6 +90,9 @@ class ServeConfig(JobConfig):
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     max_images_per_request: int = Field(32, ge=1)
     max_pixels_per_image: int = Field(2**22, ge=1)
+    max_pixels_per_request: int = Field(
+        2**24, ge=1, description="decoded-pixel budget of one request (sum of width x height "
+        "read from the image headers before decoding); bounds a replica's memory per request")
     max_image_steps: int = Field(
         2048, ge=1, description="limit on images x steps x max_tries of one generate call")
 
@@ -80,6 +100,14 @@ class ServeConfig(JobConfig):
     def _consistent(self) -> ServeConfig:
         if self.api_key_sha256 is not None and not SHA256_HEX.match(self.api_key_sha256):
             raise ValueError("api_key_sha256 must be 64 lower-case hex digits (sha256 of the key)")
+        if self.api_key_sha256 and self.api_key_sha256_env:
+            raise ValueError("give api_key_sha256 or api_key_sha256_env, not both")
+        keyed = bool(self.api_key_sha256 or self.api_key_sha256_env)
+        if self.host not in LOOPBACK and not keyed and not self.allow_without_key:
+            raise ValueError(
+                f"host={self.host} serves off this machine without an API key: set "
+                "api_key_sha256 (sha256 hex of the key clients send as X-API-Key) or "
+                "api_key_sha256_env, or allow_without_key=true behind an authenticating proxy")
         if self.default_steps > self.max_steps:
             raise ValueError(f"default_steps={self.default_steps} > max_steps={self.max_steps}")
         if self.align_size % 112 and self.align_size % 128:
@@ -93,6 +121,21 @@ class ServeConfig(JobConfig):
         if not self.route_prefix.startswith("/"):
             raise ValueError(f"route_prefix {self.route_prefix!r} must start with '/'")
         return self
+
+    def key_digest(self) -> str | None:
+        """The API key's SHA-256 hex, from the config or from `api_key_sha256_env` (read now,
+        where the app is built); an unset or malformed variable is an error, never "no key"."""
+        if not self.api_key_sha256_env:
+            return self.api_key_sha256
+        digest = os.environ.get(self.api_key_sha256_env)
+        if digest is None:
+            raise ValueError(f"api_key_sha256_env={self.api_key_sha256_env}: the environment "
+                             "variable is not set here; refusing to serve without the key")
+        digest = digest.strip().lower()
+        if not SHA256_HEX.match(digest):
+            raise ValueError(f"api_key_sha256_env={self.api_key_sha256_env}: the variable is not "
+                             "64 hex digits (the sha256 of the key)")
+        return digest
 
     @property
     def device(self) -> str:

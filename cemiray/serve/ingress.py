@@ -25,6 +25,8 @@ from cemiray.serve.config import GENERATOR, INGRESS, RECOGNIZER, ServeConfig
 from cemiray.serve.deployments import ImageJob
 from cemiray.serve.guard import APIError, RequestGuard, api_error_response, internal_error_response
 from cemiray.serve.parsing import (
+    check_part_count,
+    check_pixel_budget,
     check_work,
     decode_base64,
     load_image,
@@ -89,7 +91,9 @@ class CemirayAPI:
         app.add_exception_handler(APIError, api_error_response)
         app.add_exception_handler(Exception, internal_error_response)
         app.add_middleware(RequestGuard, max_body_bytes=self.cfg.max_body_bytes,
-                           api_key_sha256=self.cfg.api_key_sha256)
+                           api_key_sha256=self.cfg.api_key_sha256,
+                           body_timeout_s=self.cfg.body_timeout_s,
+                           key_failures_per_minute=self.cfg.key_failures_per_minute)
         app.openapi = lambda: openapi_schema(app, bool(self.cfg.api_key_sha256))
         return app
 
@@ -101,6 +105,10 @@ class CemirayAPI:
 
     async def load_images(self, items: list[tuple[bytes, list | None]], names: list[str]
                           ) -> list[np.ndarray]:
+        """Decoded (and aligned) images, off the event loop, once the request's decoded-pixel
+        budget is known to hold."""
+        check_pixel_budget([raw for raw, _ in items], self.cfg.max_pixels_per_request)
+
         def work() -> list[np.ndarray]:
             return [load_image(raw, name, lm, self.cfg) for (raw, lm), name in zip(items, names)]
 
@@ -117,7 +125,9 @@ class CemirayAPI:
     async def embed(self, request: Request) -> EmbedResponse:
         """Unit embeddings of one or more images (JSON base64, or multipart file parts)."""
         if media_type(request) == "multipart/form-data":
-            items = parse_multipart(await request.body(), request.headers["content-type"])
+            body, content_type = await request.body(), request.headers["content-type"]
+            check_part_count(body, content_type, self.cfg.max_images_per_request + 1)
+            items = await asyncio.to_thread(parse_multipart, body, content_type)
             self.check_count(len(items), "images")
         else:
             req: EmbedRequest = await parse_json(request, EmbedRequest)
@@ -175,8 +185,9 @@ class CemirayAPI:
         handles = {RECOGNIZER: self.recognizer, GENERATOR: self.generator}
         live = {k: await h.info.remote() for k, h in handles.items() if h is not None}
         limits = {k: getattr(cfg, k) for k in (
-            "max_body_bytes", "max_images_per_request", "max_pixels_per_image", "max_steps",
-            "max_tries", "max_image_steps", "default_steps")}
+            "max_body_bytes", "max_images_per_request", "max_pixels_per_image",
+            "max_pixels_per_request", "body_timeout_s", "max_steps", "max_tries",
+            "max_image_steps", "default_steps")}
         return ModelsResponse(recognizer=live[RECOGNIZER], generator=live.get(GENERATOR),
                               limits=limits, verify_threshold=cfg.verify_threshold)
 
