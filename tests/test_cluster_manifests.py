@@ -513,3 +513,99 @@ def test_command_line_checks_every_file_and_fails_on_a_bad_one(tmp_path, capsys,
     err = capsys.readouterr().err
     assert f"{bad} (document 0): spec.shutdownAfterJobFinish: unknown field" in err
     assert "document 1" not in err
+
+
+# ---- nothing listens on every interface without a key ---------------------------------------
+
+
+ALL_INTERFACES = "0.0.0.0"
+
+
+def _walk(value, path=()):
+    """(path, string) of every string inside a YAML value; an embedded Serve config
+    (`serveConfigV2`) is walked as YAML too."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if key == "serveConfigV2" and isinstance(child, str):
+                yield from _walk(yaml.safe_load(child), (*path, key))
+            else:
+                yield from _walk(child, (*path, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _walk(child, (*path, index))
+    elif isinstance(value, str):
+        yield path, value
+
+
+def _keyed(args: dict) -> bool:
+    return bool(args.get("api_key_sha256") or args.get("api_key_sha256_env"))
+
+
+def _env_from_secret(doc: dict, variable: str) -> bool:
+    """Every container of every cluster the resource describes gets `variable` from a Secret."""
+    containers = [c for _, spec in V.cluster_specs(doc) for _, group in V.pod_groups(spec)
+                  for c in group["template"]["spec"]["containers"]]
+    return bool(containers) and all(
+        any(e.get("name") == variable and "secretKeyRef" in (e.get("valueFrom") or {})
+            for e in c.get("env") or []) for c in containers)
+
+
+def open_bindings(doc: dict) -> list[str]:
+    """Every place a file binds 0.0.0.0 with nothing that asks for a key: a Serve app without
+    api_key_sha256(_env) (or whose variable no Secret fills), a Ray dashboard without token auth,
+    or a binding no rule here knows."""
+    problems = []
+    for path, text in _walk(doc):
+        if ALL_INTERFACES not in text:
+            continue
+        where = ".".join(map(str, path))
+        if path[-1] == "host" and "http_options" in path:  # a Serve config (serveConfigV2)
+            config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+            for app in config["applications"]:
+                args = app.get("args") or {}
+                if not _keyed(args):
+                    problems.append(f"{where}: application {app['name']} has no API key")
+                elif args.get("api_key_sha256_env") and not _env_from_secret(
+                        doc, args["api_key_sha256_env"]):
+                    problems.append(f"{where}: {args['api_key_sha256_env']} is not set from a "
+                                    "Secret in every container")
+        elif path == ("host",):  # a cemiray ServeConfig file
+            if not _keyed(doc):
+                problems.append(f"{where}: the Serve config has no API key")
+        elif path[-1] == "dashboard-host":
+            specs = [spec for _, spec in V.cluster_specs(doc)]
+            if not specs or any((s.get("authOptions") or {}).get("mode") != "token"
+                                for s in specs):
+                problems.append(f"{where}: a dashboard on every interface without token auth")
+        else:
+            problems.append(f"{where}: binds {ALL_INTERFACES} and no rule knows what guards it")
+    return problems
+
+
+CLUSTER_YAML = sorted(CLUSTER.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CLUSTER_YAML, ids=lambda p: str(p.relative_to(CLUSTER)))
+def test_nothing_binds_every_interface_without_a_key(path):
+    for doc in V.load_yaml_documents(path):
+        assert open_bindings(doc) == [], path
+
+
+def test_an_unkeyed_binding_is_found():
+    service = _doc(CLUSTER / "kuberay" / "rayservice.yaml")
+    serve_cfg = yaml.safe_load(service["spec"]["serveConfigV2"])
+    serve_cfg["applications"][0]["args"]["api_key_sha256_env"] = None
+    unkeyed = copy.deepcopy(service)
+    unkeyed["spec"]["serveConfigV2"] = yaml.safe_dump(serve_cfg)
+    assert any("has no API key" in p for p in open_bindings(unkeyed))
+    no_secret = copy.deepcopy(service)
+    no_secret["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"][
+        "containers"][0].pop("env")
+    assert any("not set from a Secret" in p for p in open_bindings(no_secret))
+    cluster = _doc(CLUSTER / "kuberay" / "raycluster.yaml")
+    cluster["spec"].pop("authOptions")
+    assert any("without token auth" in p for p in open_bindings(cluster))
+    assert open_bindings({"host": ALL_INTERFACES}) == ["host: the Serve config has no API key"]
+    launcher = _launcher()
+    launcher["head_start_ray_commands"].append("ray start --dashboard-host=0.0.0.0")
+    assert any("no rule knows" in p for p in open_bindings(launcher))
