@@ -89,13 +89,13 @@ def flat_png(side: int) -> bytes:
 def oversized_bodies(images: int) -> dict[str, tuple[bytes, str]]:
     import base64
 
-    from cemiray.bench.serve import probe_image
     from cemiray.data.images import encode_png
 
     boundary = "cemiraybench"
     part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; "
             "filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\nx\r\n")
-    small = base64.b64encode(encode_png(probe_image(8))).decode()
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    small = base64.b64encode(encode_png(pixels)).decode()
     big = base64.b64encode(flat_png(2048)).decode()
     return {
         "multipart_20000_parts": ((part * 20000 + f"--{boundary}--\r\n").encode(),

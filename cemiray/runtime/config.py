@@ -10,7 +10,7 @@ import json
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cemiray.data import storage
 
@@ -115,6 +115,8 @@ class RayConfig(BaseModel):
     num_cpus: int | None = None
     object_store_mb: int | None = 512
     log_to_driver: bool = False
+    reap_on_exit: bool = Field(True, description="a local cluster started by the job ends with "
+                               "its driver, even on kill -9 (a watchdog reaps its processes)")
 
 
 class WorldConfig(BaseModel):
