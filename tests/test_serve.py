@@ -117,7 +117,7 @@ def test_embed_multipart_equals_json(served):
     body = {"images": [{"data": b64(PNG1)}, {"data": b64(JPEG2)},
                        {"data": b64(PNG3), "landmarks": LANDMARKS}]}
     as_json = ok_json(post(served, "/v1/embed", json=body))
-    # the two requests may be batched differently by @serve.batch: CPU kernels round by batch size
+    # the two requests may be batched differently by the dynamic batcher: CPU kernels round by batch size
     np.testing.assert_allclose(multipart["embeddings"], as_json["embeddings"], atol=1e-5)
 
 

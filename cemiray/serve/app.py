@@ -5,8 +5,8 @@ of Serve config files (`cemiray.serve.app:app_builder`, also named in cluster ma
 `run` starts `cemiray serve`.
 
     HTTP → Ingress (cemiray.serve.ingress: guard, parsing, limits)
-             ├─ Recognizer.embed   one image per call, batched by @serve.batch
-             └─ Generator.generate one image per call, batched by @serve.batch
+             ├─ Recognizer.embed   one image per call, batched while busy (serve/batching.py)
+             └─ Generator.generate one image per call, batched while busy (serve/batching.py)
 """
 
 import json

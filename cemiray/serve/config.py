@@ -74,7 +74,9 @@ class ServeConfig(JobConfig):
     num_gpus: float = Field(1.0, gt=0, description="GPUs per model replica when use_gpu")
     num_cpus: float = Field(0.25, gt=0, description="CPUs per replica (ingress and models)")
     max_batch_size: int = Field(16, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, description="how long an idle model waits for companions of a lone request; "
+        "under load a batch is whatever arrived while the previous one ran")
     ingress_scaling: ScalingConfig = Field(
         default_factory=lambda: ScalingConfig(max_ongoing_requests=256),
         description="the ingress only awaits I/O and model calls, so one replica holds many "

@@ -1,13 +1,12 @@
 """The model deployments of the serve app (serve): the recogniser and the CemiFace generator.
 
-One image per call, batched by @serve.batch; each loads its model from the server config alone
-and names it by its content hash (cemiray.models.hashing.model_hash). The generator samples each
+One image per call, batched while the model is busy (cemiray.serve.batching); each loads its
+model from the server config alone and names it by its content hash (cemiray.models.hashing.model_hash). The generator samples each
 batch by the requests' SamplingSpec (cemiray.diffusion.closed_loop.sample).
 
 (No `from __future__ import annotations` here: Serve ships these classes to replicas by value.)
 """
 
-import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from ray import serve
 
 from cemiray.diffusion.sampling import SamplingSpec
 from cemiray.models.hashing import model_hash
+from cemiray.serve.batching import DynamicBatcher
 from cemiray.serve.config import GENERATOR, RECOGNIZER, ServeConfig
 
 
@@ -29,18 +29,6 @@ class ImageJob:
     spec: SamplingSpec
 
 
-class BatchStats:
-    def __init__(self) -> None:
-        self.batches = self.items = self.largest = 0
-
-    def record(self, size: int) -> None:
-        self.batches, self.items, self.largest = self.batches + 1, self.items + size, max(
-            self.largest, size)
-
-    def as_dict(self) -> dict:
-        return {"batches": self.batches, "items": self.items, "largest_batch": self.largest}
-
-
 @serve.deployment(name=RECOGNIZER)
 class RecognizerModel:
     """The face recogniser: one image per call (any size; resized to the model's input)."""
@@ -51,23 +39,19 @@ class RecognizerModel:
         self.uri = cfg.recognizer
         self.content_hash = model_hash(cfg.recognizer)
         self.recognizer = load_recognizer(cfg.recognizer, device=cfg.device)
-        self.stats = BatchStats()
-        self.embed.set_max_batch_size(cfg.max_batch_size)
-        self.embed.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.batcher = DynamicBatcher(self._embed, cfg.max_batch_size, cfg.batch_wait_timeout_s)
 
     def info(self) -> dict:
         rec = self.recognizer
         return {"uri": self.uri, "content_hash": self.content_hash, "details": {
             "kind": type(rec).__name__, "dim": rec.dim, "input_size": rec.input_size,
-            **self.stats.as_dict()}}
+            **self.batcher.stats.as_dict()}}
 
     def ping(self) -> str:
         return "ok"
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def embed(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        self.stats.record(len(images))
-        return await asyncio.to_thread(self._embed, images)
+    async def embed(self, image: np.ndarray) -> np.ndarray:
+        return await self.batcher.submit(image)
 
     def _embed(self, images: list[np.ndarray]) -> list[np.ndarray]:
         import torch
@@ -101,23 +85,21 @@ class GeneratorModel:
             raise ValueError(f"max_steps={cfg.max_steps} exceeds the generator's "
                              f"{timesteps} training timesteps")
         self.content_hash = model_hash(cfg.generator)
-        self.stats = BatchStats()
-        self.generate.set_max_batch_size(cfg.max_batch_size)
-        self.generate.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.batcher = DynamicBatcher(self._generate, cfg.max_batch_size,
+                                      cfg.batch_wait_timeout_s)
 
     def info(self) -> dict:
         cfg = self.pipe.condition_encoder.config
         return {"uri": self.uri, "content_hash": self.content_hash, "details": {
             "image_size": self.pipe.unet.config.sample_size, "id_dim": cfg.id_dim,
-            "stored_scheduler": type(self.pipe.scheduler).__name__, **self.stats.as_dict()}}
+            "stored_scheduler": type(self.pipe.scheduler).__name__,
+            **self.batcher.stats.as_dict()}}
 
     def ping(self) -> str:
         return "ok"
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def generate(self, jobs: list[ImageJob]) -> list[dict]:
-        self.stats.record(len(jobs))
-        return await asyncio.to_thread(self._generate, jobs)
+    async def generate(self, job: ImageJob) -> dict:
+        return await self.batcher.submit(job)
 
     def _generate(self, jobs: list[ImageJob]) -> list[dict]:
         import torch
