@@ -6,7 +6,8 @@ through `ray.train.report`, resume after a worker failure, metrics as JSON lines
 Checkpoints: every rank calls `engine.save_checkpoint` into its own temporary folder and reports
 it; Ray merges the ranks' files into one checkpoint under `storage_path`. On a restart (worker
 failure, `FailureConfig`) `ray.train.get_checkpoint()` returns the latest one and every rank loads
-it with `engine.load_checkpoint`."""
+it with `engine.load_checkpoint`, after cemiray.train.checkpoint_check has refused any pickle in
+it that names code (the same for `resume_from`), and with DeepSpeed's reads weights-only."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from pathlib import Path
 import torch
 
 from cemiray.data import storage
+from cemiray.models.serialization import CheckpointError
+from cemiray.train.checkpoint_check import CHECKPOINT_TAG, restricted_loads, verify_checkpoint
 from cemiray.train.settings import DistributedConfig
-
-CHECKPOINT_TAG = "state"
 
 
 def deepspeed_config(dist: DistributedConfig, micro_batch: int, grad_clip: float = 0.0) -> dict:
@@ -73,18 +74,32 @@ def restore(engine, resume_from: str | None = None,
             load_more: Callable[[str], None] | None = None) -> dict | None:
     """Load the latest checkpoint of this run (after a failure) or `resume_from`; return the client
     state saved with it, or None for a fresh start. `load_more(folder)` reads what the worker
-    saved beside the engine (see `save_and_report`)."""
+    saved beside the engine (see `save_and_report`). Either folder is checked first
+    (`load_verified`); a remote one after Ray has downloaded it."""
     import ray.train
 
-    ckpt = ray.train.get_checkpoint()
+    ckpt, what = ray.train.get_checkpoint(), "checkpoint"
     if ckpt is None and resume_from:
-        ckpt = ray.train.Checkpoint(resume_from)
+        ckpt, what = ray.train.Checkpoint(resume_from), "resume_from"
     if ckpt is None:
         return None
     with ckpt.as_directory() as folder:
-        _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
-        if load_more:
-            load_more(folder)
+        return load_verified(engine, folder, what, load_more)
+
+
+def load_verified(engine, folder: str, what: str = "checkpoint",
+                  load_more: Callable[[str], None] | None = None) -> dict:
+    """`engine.load_checkpoint(folder)` and `load_more(folder)` once every pickle in `folder`
+    passed cemiray.train.checkpoint_check (a refusal raises before anything is loaded), with
+    DeepSpeed's own reads weights-only (a file swapped after the check is refused too)."""
+    verify_checkpoint(folder, what)
+    with restricted_loads(engine, what):
+        loaded, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+    if loaded is None:
+        raise CheckpointError(f"{what} {folder}: DeepSpeed loaded nothing from it (see its "
+                              "warning above)")
+    if load_more:
+        load_more(folder)
     return client_state or {}
 
 

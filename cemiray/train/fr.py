@@ -239,9 +239,11 @@ def train_loop(config: dict) -> None:
 def run(cfg: TrainFRConfig) -> dict:
     from cemiray.data.sources import Source
     from cemiray.runtime.cluster import init_ray
+    from cemiray.train.checkpoint_check import verify_resume_from
     from cemiray.train.engine import fit_job
     from cemiray.train.face_data import face_dataset, num_classes
 
+    verify_resume_from(cfg.resume_from)  # a refused checkpoint fails before Ray starts
     source = Source.parse(cfg.data)
     cfg = cfg.model_copy(update={
         "out": storage.absolute(cfg.out),

@@ -309,9 +309,11 @@ def run(cfg: TrainGenConfig) -> dict:
     from cemiray.data.sources import Source
     from cemiray.models.recognizer import load_recognizer
     from cemiray.runtime.cluster import init_ray
+    from cemiray.train.checkpoint_check import verify_resume_from
     from cemiray.train.engine import fit_job
     from cemiray.train.face_data import face_dataset, num_classes
 
+    verify_resume_from(cfg.resume_from)  # a refused checkpoint fails before Ray starts
     t0, started = time.perf_counter(), time.time()
     # Ray workers run elsewhere: local paths must not depend on the driver's directory.
     cfg = cfg.model_copy(update={k: storage.absolute(getattr(cfg, k))
