@@ -61,6 +61,8 @@ class BenchServeConfig(JobConfig):
     hostile: bool = Field(True, description="also measure slow clients and oversized requests")
     slow_clients: list[PositiveInt] = Field(default_factory=lambda: [32, 128, 240, 300])
     body_timeout_s: float = Field(10.0, gt=0)
+    results: str | None = Field(None, description="also write the result JSON here (e.g. "
+                                "docs/results/serve.json)")
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
@@ -319,6 +321,8 @@ def run(cfg: BenchServeConfig) -> dict:
         serve.shutdown()
     figures["load_average_1m"] = {"start": load, "end": os.getloadavg()[0]}
     url = write_result(cfg.out, "bench_serve", cfg.model_dump(mode="json"), figures)
+    if cfg.results:
+        storage.atomic_write_text(cfg.results, storage.read_text(url))
     e = figures["embed"]
     print(f"bench-serve: HTTP/in-process embedding = {e['http_over_inprocess']:.3f} (goal ≥ "
           f"{GOAL_EFFICIENCY}), p50 {e['latency_ms_p50']:.0f} ms, p99 {e['latency_ms_p99']:.0f} "
