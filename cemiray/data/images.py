@@ -106,3 +106,26 @@ def resize(arr: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
         return arr
     out = _as_pil(arr).resize((width, height), resample=Image.Resampling.BILINEAR)
     return np.asarray(out, dtype=np.uint8)
+
+
+RESIZE_MODES = ("stretch", "crop", "pad")
+
+
+def fit_square(arr: np.ndarray, size: int, mode: str = "stretch") -> np.ndarray:
+    """An H×W×3 image as size×size: `stretch` resizes as it is (a non-square face is
+    distorted), `crop` takes the centred square of the shorter side first, `pad` centres the image
+    on a black square of the longer side first (both keep the aspect)."""
+    height, width = arr.shape[:2]
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize={mode!r}: expected one of {', '.join(RESIZE_MODES)}")
+    if height != width and mode == "crop":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        arr = arr[top:top + side, left:left + side]
+    elif height != width and mode == "pad":
+        side = max(height, width)
+        square = np.zeros((side, side) + arr.shape[2:], dtype=arr.dtype)
+        top, left = (side - height) // 2, (side - width) // 2
+        square[top:top + height, left:left + width] = arr
+        arr = square
+    return resize(arr, size)

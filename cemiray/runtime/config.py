@@ -117,6 +117,8 @@ class RayConfig(BaseModel):
     log_to_driver: bool = False
     reap_on_exit: bool = Field(True, description="a local cluster started by the job ends with "
                                "its driver, even on kill -9 (a watchdog reaps its processes)")
+    progress_bars: bool = Field(False, description="Ray Data's own progress bars (off: the jobs "
+                                "print their own progress lines)")
 
 
 class WorldConfig(BaseModel):

@@ -61,6 +61,9 @@ def initialize(model, optimizer, dist: DistributedConfig, micro_batch: int, lr_s
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
+    if not dist.use_gpu and not dist.cpu_shm_comm:
+        skip_shm_comm_build()
+
     engine, optimizer, _, lr_scheduler = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -68,6 +71,16 @@ def initialize(model, optimizer, dist: DistributedConfig, micro_batch: int, lr_s
         config=deepspeed_config(dist, micro_batch, grad_clip),
     )
     return engine, optimizer, lr_scheduler
+
+
+def skip_shm_comm_build() -> None:
+    """DeepSpeed's CPU backend compiles its shared-memory all-reduce extension when it starts
+    (minutes on a fresh machine, silently); marking the op unavailable makes it use torch's gloo
+    all-reduce instead, which is what the op falls back to where it cannot build."""
+    import deepspeed.ops
+
+    compatible = deepspeed.ops.__compatible_ops__
+    compatible["deepspeed_shm_comm"] = False
 
 
 def restore(engine, resume_from: str | None = None,
@@ -131,14 +144,20 @@ class MetricsLog:
     works on object stores too)."""
 
     def __init__(self, url: str, enabled: bool = True):
-        self.url, self.enabled = url, enabled
+        self.url, self.enabled, self.last = url, enabled, time.monotonic()
         self.lines: list[str] = []
         if enabled and storage.exists(url):
             self.lines = [ln for ln in storage.read_text(url).splitlines() if ln.strip()]
 
+    def due(self, seconds: float = 20.0) -> bool:
+        """True when this (enabled) log has written nothing for `seconds`: the loops then log a
+        step early, so the driver's progress lines never go stale."""
+        return self.enabled and time.monotonic() - self.last >= seconds
+
     def write(self, record: dict, echo: bool = True) -> None:
         if not self.enabled:
             return
+        self.last = time.monotonic()
         record = {"time": round(time.time(), 3), **record}
         self.lines.append(json.dumps(record, sort_keys=True))
         storage.atomic_write_text(self.url, "\n".join(self.lines) + "\n")
@@ -152,16 +171,17 @@ def read_metrics(url: str) -> list[dict]:
     return [json.loads(ln) for ln in storage.read_text(url).splitlines() if ln.strip()]
 
 
-def run_trainer(loop, loop_config: dict, dist: DistributedConfig, name: str | None,
+def run_trainer(loop, loop_config: dict, dist: DistributedConfig, name: str | None, out: str,
                 datasets: dict | None = None):
-    """Run `loop(config)` on `dist.num_workers` Ray Train workers; return the Result."""
+    """Run `loop(config)` on `dist.num_workers` Ray Train workers; return the Result. Checkpoints
+    go to `dist.storage_path`, by default under the job's `out`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": dist.cpus_per_worker}
     if dist.use_gpu:
         resources["GPU"] = 1
-    storage_path = dist.storage_path
+    storage_path = dist.storage_path or storage.join(out, "ray_results")
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).resolve())
     trainer = TorchTrainer(
@@ -188,10 +208,14 @@ def fit_job(job: str, loop, loop_config: dict, dist: DistributedConfig, ds, out:
     raise if it failed, and return the last "done" record of `out/metrics.jsonl` with the wall
     time and `artefact` (key, folder name under `out`). The last checkpoint is named in
     `out/checkpoint.json`, which a later run takes as `resume_from`."""
-    result = run_trainer(loop, loop_config, dist, name=None, datasets={"train": ds})
+    from cemiray.runtime.progress import follow_metrics, since_launch
+
+    metrics_url = storage.join(out, "metrics.jsonl")
+    with follow_metrics(job, metrics_url, dist.progress_every_s, dist.progress_every_s > 0):
+        result = run_trainer(loop, loop_config, dist, name=None, out=out, datasets={"train": ds})
     if result.error:
         raise RuntimeError(f"{job} failed: {result.error}")
-    done = [r for r in read_metrics(storage.join(out, "metrics.jsonl")) if r["event"] == "done"]
+    done = [r for r in read_metrics(metrics_url) if r["event"] == "done"]
     key, folder = artefact
     summary = {**(done[-1] if done else {}), "seconds": round(time.perf_counter() - started, 1),
                key: storage.join(out, folder)}
@@ -200,7 +224,8 @@ def fit_job(job: str, loop, loop_config: dict, dist: DistributedConfig, ds, out:
         storage.atomic_write_text(
             storage.join(out, "checkpoint.json"),
             json.dumps({"path": result.checkpoint.path, "step": summary.get("step")}) + "\n")
-    print(f"{job}: done in {summary['seconds']} s → {summary[key]}", flush=True)
+    print(f"{job}: done in {since_launch():.0f} s since launch ({summary['seconds']} s after "
+          f"Ray's start-up) → {summary[key]}", flush=True)
     return summary
 
 

@@ -11,7 +11,7 @@ import ray
 import torch
 
 from cemiray.data import pixels
-from cemiray.data.images import decode_image, resize
+from cemiray.data.images import decode_image, fit_square, image_size
 from cemiray.data.sources import Source
 from cemiray.runtime.reader import read_source
 
@@ -23,15 +23,36 @@ def face_dataset(source: Source, parts: int = 8, materialize: bool = True):
     return ds.materialize() if materialize else ds
 
 
-def decode_batch(images, size: int) -> torch.Tensor:
-    """Encoded images → float tensor N×3×size×size in [-1, 1] (RGB, (x/255 − 0.5)/0.5)."""
+def decode_batch(images, size: int, mode: str = "stretch") -> torch.Tensor:
+    """Encoded images → float tensor N×3×size×size in [-1, 1] (RGB, (x/255 − 0.5)/0.5); images
+    of another size are fitted by `mode` (cemiray.data.images.fit_square)."""
     arrays = []
     for i, data in enumerate(images):
         arr = decode_image(bytes(data), where=f"batch item {i}")
         if arr.shape[0] != size or arr.shape[1] != size:
-            arr = resize(arr, size)
+            arr = fit_square(arr, size, mode)
         arrays.append(arr)
     return pixels.from_numpy(np.stack(arrays))
+
+
+def _first_image_size(block) -> tuple[int, int] | None:
+    return image_size(bytes(block.column("image")[0].as_py())) if block.num_rows else None
+
+
+def fit_note(job: str, ds, size: int, mode: str) -> str | None:
+    """A line saying how the source's images are fitted to the model's input when they are not
+    size×size already (read from the first image's header), else None."""
+    first = ray.remote(num_cpus=0)(_first_image_size)
+    found = next((s for s in ray.get([first.remote(r) for r in ds.to_arrow_refs()[:1]]) if s),
+                 None)
+    if found is None or found == (size, size):
+        return None
+    height, width = found
+    how = {"stretch": "stretched (aspect not kept; resize=crop or resize=pad keep it)",
+           "crop": "centre-cropped to a square, then resized",
+           "pad": "padded to a square with black, then resized"}[mode]
+    return f"{job}: warning: images are {width}x{height}; each is {how} to {size}x{size} " \
+           f"(resize={mode})"
 
 
 def _block_max_label(block) -> int:

@@ -9,7 +9,7 @@ number of workers; the final backbone (and the head's class centres) are exporte
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -24,6 +24,9 @@ class TrainFRConfig(JobConfig):
     verification: str | None = Field(None, description="a verification .bin evaluated during training")
     backbone: str = "iresnet18"
     input_size: int = Field(32, ge=16, le=112)
+    resize: Literal["stretch", "crop", "pad"] = Field(
+        "stretch", description="how images of another size become input_size x input_size: "
+        "stretch (aspect lost), crop (centre square) or pad (black borders)")
     width: int = Field(64, ge=4, description="first-stage channels (64 = arcface_torch)")
     embedding_dim: int = Field(512, ge=8)
     head: str = Field("cosface", description="arcface | cosface | adaface")
@@ -194,7 +197,8 @@ def train_loop(config: dict) -> None:
                                         local_shuffle_buffer_size=cfg.shuffle_buffer or None,
                                         local_shuffle_seed=cfg.seed + step):
             epoch_batches += 1
-            x = augment(decode_batch(batch["image"], cfg.input_size), cfg.augment, gen)
+            x = augment(decode_batch(batch["image"], cfg.input_size, cfg.resize), cfg.augment,
+                        gen)
             y = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
             x = x.to(device, dtype)
             loss = model.head(engine(x), y) if centres else engine(x, y)
@@ -210,7 +214,7 @@ def train_loop(config: dict) -> None:
             n_window += cfg.batch_size * cfg.distributed.grad_accum * world
             metrics = {"step": step, "loss": float(loss.detach().float()),
                        "lr": scheduler.get_last_lr()[0], "images_seen": images_seen}
-            if step % cfg.log_every == 0:
+            if step % cfg.log_every == 0 or log.due():
                 elapsed = time.perf_counter() - t_window
                 metrics["img_per_s"] = n_window / max(elapsed, 1e-9)
                 t_window, n_window = time.perf_counter(), 0
@@ -241,7 +245,7 @@ def run(cfg: TrainFRConfig) -> dict:
     from cemiray.runtime.cluster import init_ray
     from cemiray.train.checkpoint_check import verify_resume_from
     from cemiray.train.engine import fit_job
-    from cemiray.train.face_data import face_dataset, num_classes
+    from cemiray.train.face_data import face_dataset, fit_note, num_classes
 
     verify_resume_from(cfg.resume_from)  # a refused checkpoint fails before Ray starts
     source = Source.parse(cfg.data)
@@ -261,6 +265,9 @@ def run(cfg: TrainFRConfig) -> dict:
                                         * cfg.distributed.grad_accum))
     print(f"train-fr: {n_rows} images, {n_classes} identities, {steps_per_epoch} steps/epoch, "
           f"{cfg.distributed.num_workers} workers, ZeRO-{cfg.distributed.zero_stage}", flush=True)
+    note = fit_note("train-fr", ds, cfg.input_size, cfg.resize)
+    if note:
+        print(note, flush=True)
     return fit_job("train-fr", train_loop,
                    {"cfg": cfg.model_dump(mode="json"), "num_classes": n_classes,
                     "steps_per_epoch": steps_per_epoch},

@@ -291,7 +291,7 @@ def train_loop(config: dict) -> None:
         ema.update(model, step)
         stopped = stop_now(config.get("deadline"), device)
         metrics = {"step": step, "images_seen": images_seen, "lr": scheduler.get_last_lr()[0]}
-        if step % cfg.log_every == 0 or step == total_steps or stopped:
+        if step % cfg.log_every == 0 or step == total_steps or stopped or log.due():
             elapsed = time.perf_counter() - t_window
             metrics.update({k: v / n_window for k, v in sums.items()})
             metrics["img_per_s"] = n_window * cfg.batch_size * world / max(elapsed, 1e-9)

@@ -22,8 +22,15 @@ class DistributedConfig(BaseModel):
     max_failures: int = Field(2, ge=-1, description="worker failures to recover from")
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
-    storage_path: str = Field("runs/ray_results", description="Ray Train storage (local or s3/gs)")
+    storage_path: str | None = Field(
+        None, description="Ray Train's checkpoint storage (local or s3/gs); None: OUT/ray_results")
     torch_threads: int | None = Field(None, description="intra-op threads per worker (CPU)")
+    cpu_shm_comm: bool = Field(
+        False, description="CPU workers: DeepSpeed's shared-memory all-reduce, a C++ extension "
+        "compiled on first use (minutes on a fresh machine, then cached in TORCH_EXTENSIONS_DIR); "
+        "off: torch's gloo all-reduce, nothing to compile")
+    progress_every_s: float = Field(
+        15.0, ge=0, description="seconds between the driver's progress lines; 0: none")
 
 
 class AugmentConfig(BaseModel):

@@ -134,7 +134,7 @@ def train_loop(config: dict) -> None:
             ema.update(model, step)
             metrics = {"step": step, "images_seen": images_seen,
                        "lr": scheduler.get_last_lr()[0]}
-            if step % cfg.log_every == 0 or step == total_steps:
+            if step % cfg.log_every == 0 or step == total_steps or log.due():
                 elapsed = time.perf_counter() - t_window
                 metrics["loss"] = loss_sum / n_window
                 metrics["img_per_s"] = n_window * cfg.batch_size * world / max(elapsed, 1e-9)

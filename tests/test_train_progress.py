@@ -1,0 +1,86 @@
+"""What a person sees while training: `cemiray train-fr` run as a user would (a subprocess, its
+own Ray cluster, the console captured) prints step progress from the workers' reports, says how
+non-square images are fitted, shows no Ray Data progress block and no Ray warning a user cannot
+act on, keeps Ray Train's checkpoints under `out`, and counts its duration from launch. Plus the
+pieces: centre crop and pad of a 92x112 face, and the progress line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cemiray.data.images import encode_png, fit_square, resize
+from cemiray.runtime.progress import progress_line
+from cemiray.train.face_data import decode_batch
+
+ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl_faces"
+RAY_DATA_BLOCK = re.compile(r"Running Dataset|Starting execution of Dataset|✔️|- ReadRange|"
+                            r"Progress bars disabled|\d+/\d+ \[\d\d:\d\d")
+
+
+def portrait(height: int = 112, width: int = 92) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_crop_and_pad_keep_the_aspect_and_stretch_does_not():
+    image = portrait()
+    crop = fit_square(image, 32, "crop")
+    assert np.array_equal(crop, resize(image[10:102, :], 32))
+    pad = fit_square(image, 56, "pad")
+    assert pad.shape == (56, 56, 3) and not pad[:, :2].any() and not pad[:, -2:].any()
+    assert np.array_equal(fit_square(image, 32, "stretch"), resize(image, 32))
+    with pytest.raises(ValueError, match="resize='squash'"):
+        fit_square(image, 32, "squash")
+
+
+def test_decode_batch_fits_by_the_mode():
+    image = portrait()
+    x = decode_batch([encode_png(image)], 32, "crop")
+    expected = decode_batch([encode_png(resize(image[10:102, :], 32))], 32)
+    assert x.shape == (1, 3, 32, 32) and np.array_equal(x.numpy(), expected.numpy())
+
+
+def test_progress_line_reads_this_runs_records():
+    old = [{"event": "start", "step": 0, "total_steps": 10, "time": 0.0},
+           {"event": "train", "step": 10, "img_per_s": 5.0, "loss": 1.0, "time": 9.0}]
+    resumed = [{"event": "start", "step": 10, "total_steps": 100, "time": 20.0},
+               {"event": "train", "step": 20, "img_per_s": 50.0, "loss": 4.5, "time": 30.0},
+               {"event": "train", "step": 30, "img_per_s": 52.0, "loss": 4.0, "time": 40.0}]
+    line = progress_line("train-fr", old + resumed, 75.0)
+    assert line.startswith("train-fr: step 30/100 (30%), 52.0 img/s, loss 4")
+    assert "ETA 1 min 10 s" in line and "[1 min 15 s]" in line
+    assert "waiting for the first step" in progress_line("train-fr", old + resumed[:1], 3.0)
+    assert "starting workers" in progress_line("train-fr", [], 3.0)
+
+
+@pytest.mark.skipif(not ORL.is_dir(), reason="the ORL copy beside the project is missing")
+def test_train_fr_console_shows_progress_and_the_fitting(tmp_path):
+    out = tmp_path / "fr"
+    env = {k: v for k, v in os.environ.items() if k != "CEMIRAY_PROGRESS"}
+    command = [sys.executable, "-m", "cemiray.cli", "train-fr", f"out={out}", f"data=orl:{ORL}",
+               "resize=crop", "input_size=32", "width=8", "max_steps=120", "batch_size=16",
+               "log_every=5", "distributed.num_workers=1", "distributed.cpus_per_worker=1",
+               "distributed.progress_every_s=2", "distributed.zero_stage=1"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=900, check=False)
+    console = done.stdout + done.stderr
+    print(console)
+    assert done.returncode == 0, console[-3000:]
+    steps = re.findall(r"train-fr: step (\d+)/120", console)
+    assert steps and int(steps[-1]) >= 5, console
+    assert "images are 92x112; each is centre-cropped to a square" in console
+    assert "(resize=crop)" in console
+    assert not RAY_DATA_BLOCK.search(console), RAY_DATA_BLOCK.search(console)
+    assert "Token authentication" not in console
+    assert re.search(r"train-fr: done in \d+ s since launch", console)
+    assert (out / "ray_results").is_dir() and not (tmp_path / "runs").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["resize"] == "crop" and config["distributed"]["storage_path"] is None
