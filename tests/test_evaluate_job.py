@@ -170,8 +170,9 @@ def test_bad_inputs_fail_before_ray_work(inputs, tmp_path) -> None:
 def test_config_reads_bare_kinds_and_checks_the_actor_pool() -> None:
     from cemiray.runtime.config import ConfigError, load_config
 
-    cfg = load_config(EvaluateConfig, None, ["datasets=[orl:, 'toyfaces:?ids=0-7&samples=4']",
-                                             "reference=orl:", "verification=[]"])
+    cfg = load_config(EvaluateConfig, None, ["model=m", "reference=orl:", "verification=[]",
+                                             "datasets=[orl:, 'toyfaces:?ids=0-7&samples=4']"])
     assert (cfg.datasets, cfg.reference) == (["orl:", "toyfaces:?ids=0-7&samples=4"], "orl:")
     with pytest.raises(ConfigError, match="num_actors_max=1 is below num_actors_min=2"):
-        load_config(EvaluateConfig, None, ["num_actors_min=2", "num_actors_max=1"])
+        load_config(EvaluateConfig, None, ["model=m", "datasets=[orl:]", "num_actors_min=2",
+                                           "num_actors_max=1"])

@@ -1,12 +1,16 @@
 """`cemiray evaluate` (apps): verification accuracy and score distributions of one recogniser.
 
-`cemiray evaluate`: a face-recognition model on verification sets (insightface arcface_torch
-protocol) and on face datasets (GANDiffFace's mated / non-mated score distributions), with every
-image embedded in one Ray Data pass.
+`cemiray evaluate model=... verification=[a.bin] datasets=[uri]`: a face-recognition model on
+verification sets (insightface arcface_torch protocol) and on face datasets (GANDiffFace's mated /
+non-mated score distributions), with every image embedded in one Ray Data pass. Only the sets
+named are evaluated; at least one of `verification` and `datasets` is required. A `.bin`'s
+same / different pairs give its mated / non-mated score distribution as well.
 
-Outputs under `out`: `config.json`, `report.json` (every figure, with score histograms),
-`scores.png` (all datasets overlaid), `scores_<name>.png` (one per dataset), `det.png`, and with
-`save_embeddings` an `embeddings_<name>.npz` per set."""
+Outputs under `out`: `config.json`, `report.json` (every figure, with score histograms and a
+`units` mapping: scores and thresholds are cosine similarities except the protocol's accuracy
+thresholds, squared L2 distances), `report.html`, `scores.png` (all sets overlaid),
+`scores_<name>.png` (one per set), `det.png`, and with `save_embeddings` an
+`embeddings_<name>.npz` per set."""
 
 from __future__ import annotations
 
@@ -22,23 +26,28 @@ from cemiray.data import storage
 from cemiray.runtime.config import JobConfig, RayConfig
 
 BIN_PREFIX = "bin:"
+NOTHING_TO_EVALUATE = ("evaluate: nothing to evaluate; give `verification` (arcface_torch .bin "
+                       "files, e.g. verification=[lfw.bin]) and/or `datasets` (source URIs, e.g. "
+                       "datasets=[orl:])")
 
 
 class EvaluateConfig(JobConfig):
     out: str = "runs/evaluate"
-    model: str = Field("runs/train_fr/backbone",
-                       description="recogniser: cemiray model folder, `.pth?arch=iresnet50`, .onnx")
+    model: str = Field(description="the recogniser: a cemiray model folder, "
+                       "`.pth?arch=iresnet50`, .onnx")
     verification: list[str] = Field(
-        default_factory=lambda: ["runs/quickstart/toyfaces_test.bin"],
+        default_factory=list,
         description="arcface_torch verification .bin files (`bin:` prefix optional)")
     datasets: list[str] = Field(
-        default_factory=lambda: ["toyfaces:?ids=1000-1049&samples=10", "orl:"],
-        description="source URIs whose mated / non-mated score distributions are reported")
+        default_factory=list,
+        description="source URIs whose mated / non-mated score distributions are reported "
+                    "(e.g. `orl:`, `toyfaces:?ids=1000-1049&samples=10`, `imagefolder:DIR`)")
     labels: dict[str, str] = Field(default_factory=dict, description="the names sets go by in "
                                    "the report and file names, keyed by their URI (default: the "
                                    "file or folder's stem)")
-    reference: str | None = Field("orl:", description="a dataset every other one is compared to "
-                                  "(Wasserstein-1, KL); added to `datasets` when absent")
+    reference: str | None = Field(None, description="a dataset every other one is compared to "
+                                  "(Wasserstein-1, KL), e.g. `orl:`; added to `datasets` when "
+                                  "absent")
     flip_datasets: bool = Field(False, description="embed datasets with flip-sum as well "
                                 "(verification sets always are)")
     nfolds: int = Field(10, ge=2)
@@ -71,6 +80,8 @@ class EvaluateConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
+        if not self.verification and not self.datasets and self.reference is None:
+            raise ValueError(NOTHING_TO_EVALUATE)
         if self.num_actors_max < self.num_actors_min:
             raise ValueError(f"num_actors_max={self.num_actors_max} is below "
                              f"num_actors_min={self.num_actors_min}")
@@ -115,13 +126,14 @@ def check_inputs(cfg: EvaluateConfig) -> tuple[Any, list[dict]]:
     if cfg.reference is not None and cfg.reference not in datasets:
         datasets.append(cfg.reference)
     if not datasets and not cfg.verification:
-        raise ValueError("evaluate: nothing to evaluate; give `verification` and/or `datasets`")
+        raise ValueError(NOTHING_TO_EVALUATE)
+    for entry in cfg.verification:  # every named file, before the slow model load
+        if not storage.exists(bin_url(entry)):
+            raise FileNotFoundError(f"{bin_url(entry)}: verification .bin not found")
     recognizer = load_recognizer(cfg.model)
     plan = []
     for entry in cfg.verification:
         url = bin_url(entry)
-        if not storage.exists(url):
-            raise FileNotFoundError(f"{url}: verification .bin not found")
         _, issame = load_bin(url)
         check_folds(issame, cfg.nfolds, where=url)
         plan.append({"kind": "bin", "uri": BIN_PREFIX + url, "entry": entry, "flip": True,
@@ -173,55 +185,45 @@ def save_embeddings(cfg: EvaluateConfig, name: str, embeddings: np.ndarray,
     return url
 
 
-def verification_entry(cfg: EvaluateConfig, entry: dict, embeddings: np.ndarray) -> dict:
-    from cemiray.eval.verification import evaluate_pairs
+def verification_entry(cfg: EvaluateConfig, entry: dict, embeddings: np.ndarray
+                       ) -> tuple[dict, Any]:
+    """The protocol's figures of one .bin (TAR at each FAR with whether its impostor pairs can
+    measure it) and the score distribution of its same / different pairs."""
+    from cemiray.eval.score_distributions import pair_score_report
+    from cemiray.eval.verification import (
+        VAL_FAR,
+        evaluate_pairs,
+        tar_at_far_table,
+        val_far_floor,
+    )
 
-    result = evaluate_pairs(embeddings[0::2], embeddings[1::2], entry["issame"], cfg.nfolds)
-    return {"uri": entry["entry"], **result}
-
-
-def print_table(report: dict) -> None:
-    model = report["model"]
-    print(f"evaluate: {model['uri']} ({model['input_size']} px, {model['dim']}-d) on "
-          f"{report['images']} images in {report['seconds']['embed']} s "
-          f"({report['images_per_s']} img/s)")
-    if report["verification"]:
-        print(f"  {'verification':<18} {'pairs':>6} {'accuracy':>16} {'VAL@1e-3':>9} "
-              f"{'TAR@1e-3':>9} {'EER':>7}")
-        for name, r in report["verification"].items():
-            accuracy = f"{r['accuracy_mean']:.4f}±{r['accuracy_std']:.4f}"
-            print(f"  {name:<18} {r['num_pairs']:>6} {accuracy:>16} {r['val']:>9.4f} "
-                  f"{r['tar_at_far']['0.001']:>9.4f} {r['eer']:>7.4f}")
-    if report["datasets"]:
-        print(f"  {'dataset':<18} {'images':>6} {'ids':>5} {'mated':>13} {'non-mated':>13} "
-              f"{'d′':>6} {'EER':>7}")
-        for name, r in report["datasets"].items():
-            mated = f"{r['mated_mean']:.3f}±{r['mated_std']:.3f}"
-            nonmated = f"{r['nonmated_mean']:.3f}±{r['nonmated_std']:.3f}"
-            print(f"  {name:<18} {r['num_images']:>6} {r['num_identities']:>5} {mated:>13} "
-                  f"{nonmated:>13} {r['d_prime']:>6.2f} {r['eer']:>7.4f}")
-    for c in report["comparisons"]:
-        print(f"  {c['b']} vs {c['a']}: W1 mated {c['mated']['wasserstein']:.4f}, non-mated "
-              f"{c['nonmated']['wasserstein']:.4f}; KL mated {c['mated']['kl_a_b']:.4f}, "
-              f"non-mated {c['nonmated']['kl_a_b']:.4f}")
-    print(f"  report: {report['report']}")
-
-
-def compact(report: dict) -> dict:
-    """The returned summary: the report without histograms and per-fold lists."""
-    verification = {
-        name: {k: r[k] for k in ("accuracy_mean", "accuracy_std", "val", "val_std", "far",
-                                 "tar_at_far", "eer", "num_pairs")}
-        for name, r in report["verification"].items()
-    }
-    datasets = {
-        name: {k: v for k, v in r.items() if k not in ("histogram", "rates")}
-        for name, r in report["datasets"].items()
-    }
-    return {**report, "verification": verification, "datasets": datasets}
+    first, second = embeddings[0::2], embeddings[1::2]
+    same = np.asarray(entry["issame"]).astype(bool)
+    result = evaluate_pairs(first, second, same, cfg.nfolds)
+    scores = np.sum(np.asarray(first, np.float64) * np.asarray(second, np.float64), axis=1)
+    n_impostor = int((~same).sum())
+    val_floor = val_far_floor(same, cfg.nfolds)
+    result.update(
+        num_genuine_pairs=int(same.sum()), num_impostor_pairs=n_impostor,
+        min_measurable_far=1.0 / n_impostor,
+        tar_at_far=tar_at_far_table(scores[same], scores[~same]),
+        val_far=VAL_FAR, val_min_measurable_far=val_floor,
+        val_measurable=bool(VAL_FAR >= val_floor * (1 - 1e-9)))
+    if not result["val_measurable"]:
+        result["val_note"] = (f"interpolated: the training folds hold as few as "
+                              f"{round(1 / val_floor)} impostor pairs, which measure FAR down to "
+                              f"{val_floor:.3g} only; the threshold at FAR {VAL_FAR:g} is "
+                              "interpolated between FAR 0 and that")
+    try:
+        distribution = pair_score_report(scores, same, entry["name"], cfg.thresholds)
+    except ValueError as exc:
+        raise ValueError(f"{entry['uri']}: {exc}") from exc
+    return {"uri": entry["entry"], **result}, distribution
 
 
 def run(cfg: EvaluateConfig) -> dict:
+    from cemiray.apps.evaluate_html import write_html
+    from cemiray.apps.evaluate_summary import UNITS, compact, print_table
     from cemiray.eval.score_distributions import (
         compare_reports,
         plot_det,
@@ -239,19 +241,22 @@ def run(cfg: EvaluateConfig) -> dict:
     embeddings, labels, embed_seconds = embed_all(cfg, plan)
 
     verification, reports, uris, files = {}, {}, {}, {}
+    distributions = {}  # every set's ScoreReport, in plan order: .bin pairs and datasets
     for entry in plan:
         span = slice(entry["span"].start, entry["span"].stop)
         emb, lab = embeddings[span], labels[span]
         if cfg.save_embeddings:
             files[f"embeddings_{entry['name']}"] = save_embeddings(cfg, entry["name"], emb, lab)
         if entry["kind"] == "bin":
-            verification[entry["name"]] = verification_entry(cfg, entry, emb)
+            verification[entry["name"]], distributions[entry["name"]] = verification_entry(
+                cfg, entry, emb)
             continue
         try:
             reports[entry["name"]] = score_report(emb, lab, entry["name"], cfg.thresholds,
                                                   cfg.max_nonmated_pairs, cfg.seed)
         except ValueError as exc:
             raise ValueError(f"{entry['uri']}: {exc}") from exc
+        distributions[entry["name"]] = reports[entry["name"]]
         uris[entry["name"]] = entry["uri"]
 
     comparisons = []
@@ -260,19 +265,21 @@ def run(cfg: EvaluateConfig) -> dict:
                          if p["kind"] == "dataset" and p["uri"] == cfg.reference)
         comparisons = [compare_reports(reference, other, cfg.histogram_bins)
                        for other in reports.values() if other is not reference]
-    if reports:
-        files["scores"] = storage.join(cfg.out, "scores.png")
-        plot_distributions(list(reports.values()), files["scores"], cfg.histogram_bins)
-        files["det"] = storage.join(cfg.out, "det.png")
-        plot_det(list(reports.values()), files["det"])
-        for name, r in reports.items():
-            files[f"scores_{name}"] = storage.join(cfg.out, f"scores_{name}.png")
-            plot_distributions(r, files[f"scores_{name}"], cfg.histogram_bins)
+    files["scores"] = storage.join(cfg.out, "scores.png")
+    plot_distributions(list(distributions.values()), files["scores"], cfg.histogram_bins)
+    files["det"] = storage.join(cfg.out, "det.png")
+    plot_det(list(distributions.values()), files["det"])
+    for name, r in distributions.items():
+        files[f"scores_{name}"] = storage.join(cfg.out, f"scores_{name}.png")
+        plot_distributions(r, files[f"scores_{name}"], cfg.histogram_bins)
+    for name, r in verification.items():
+        r["score_distribution"] = distributions[name].to_dict(cfg.histogram_bins)
 
     images = len(labels)
     report = {
         "model": {"uri": cfg.model, "content_hash": recognizer.content_hash,
                   "input_size": recognizer.input_size, "dim": recognizer.dim},
+        "units": UNITS,
         "verification": verification,
         "datasets": {name: {"uri": uris[name], **r.to_dict(cfg.histogram_bins)}
                      for name, r in reports.items()},
@@ -281,9 +288,11 @@ def run(cfg: EvaluateConfig) -> dict:
         "images": images,
         "images_per_s": round(images / max(embed_seconds, 1e-9), 1),
         "report": storage.join(cfg.out, "report.json"),
+        "html": storage.join(cfg.out, "report.html"),
     }
     report["seconds"] = {"embed": round(embed_seconds, 2),
                          "total": round(time.perf_counter() - t0, 2)}
     save_report_json(report, report["report"])
+    write_html(report, report["html"])
     print_table(report)
     return compact(report)

@@ -34,7 +34,7 @@ class ScoreReport:
     mated: np.ndarray
     nonmated: np.ndarray
     num_images: int
-    num_identities: int
+    num_identities: int | None  # None for pair lists (a verification .bin names no identity)
     nonmated_sampled: bool
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -163,6 +163,26 @@ def score_report(
         nonmated_sampled=sampled,
         summary=separation_summary(mated, nonmated, thresholds),
     )
+
+
+def pair_score_report(
+    scores: np.ndarray, issame: Sequence[Any] | np.ndarray, name: str = "",
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+) -> ScoreReport:
+    """Score distributions of a list of labelled pairs (a verification .bin): mated = the cosine
+    scores of its same-identity pairs, non-mated = those of its different-identity pairs."""
+    values = np.asarray(scores, dtype=np.float64)
+    same = np.asarray(issame)
+    if values.ndim != 1 or same.shape != values.shape:
+        raise ValueError(f"{same.shape} same/different labels for {values.shape} pair scores")
+    same = same.astype(bool)
+    if same.all() or not same.any():
+        raise ValueError(f"score distributions need both kinds of pairs; got {int(same.sum())} "
+                         f"same, {int((~same).sum())} different")
+    mated, nonmated = values[same], values[~same]
+    return ScoreReport(name=name, mated=mated, nonmated=nonmated, num_images=2 * values.size,
+                       num_identities=None, nonmated_sampled=False,
+                       summary=separation_summary(mated, nonmated, thresholds))
 
 
 def distribution_distance(

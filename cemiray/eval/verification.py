@@ -28,6 +28,7 @@ from cemiray.models.recognizer import Recognizer, check_uint8_images
 ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
 REPORTED_FARS = (1e-2, 1e-3, 1e-4)
+VAL_FAR = 1e-3  # the FAR of the k-fold VAL
 
 
 def kfold_splits(n: int, n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -83,13 +84,58 @@ def threshold_at_far(far: np.ndarray, thresholds: np.ndarray, target: float) -> 
     return float(y0 + (target - x0) * (y1 - y0) / (x1 - x0))
 
 
+def threshold_at_far_scores(nonmated: np.ndarray, far: float) -> float:
+    """The strictest cosine threshold that accepts (score > threshold) at most
+    floor(far * n_nonmated) non-mated pairs (-inf when every pair may be accepted)."""
+    allowed = math.floor(far * len(nonmated) + 1e-9)
+    ranked = np.sort(np.asarray(nonmated, dtype=np.float64))[::-1]
+    return float(-np.inf if allowed >= len(ranked) else ranked[allowed])
+
+
 def tar_at_far(mated: np.ndarray, nonmated: np.ndarray, far: float) -> float:
     """True-accept rate at the strictest threshold that accepts (score > threshold) at most
     floor(far * n_nonmated) non-mated pairs."""
-    allowed = math.floor(far * len(nonmated) + 1e-9)
-    ranked = np.sort(np.asarray(nonmated, dtype=np.float64))[::-1]
-    threshold = -np.inf if allowed >= len(ranked) else ranked[allowed]
+    threshold = threshold_at_far_scores(nonmated, far)
     return float(np.mean(np.asarray(mated) > threshold))
+
+
+def far_is_measurable(far: float, num_nonmated: int) -> bool:
+    """Whether `num_nonmated` impostor pairs can measure a FAR: one accepted pair is a FAR of
+    1 / num_nonmated, the smallest non-zero FAR they can show."""
+    return num_nonmated > 0 and far * num_nonmated >= 1 - 1e-9
+
+
+def tar_at_far_table(mated: np.ndarray, nonmated: np.ndarray,
+                     fars: tuple[float, ...] = REPORTED_FARS) -> dict[str, dict[str, Any]]:
+    """TAR at each FAR (keyed like "0.001"), each with the cosine threshold it was read at, the
+    number of impostor pairs and the smallest FAR they can measure (1 / n). A FAR below that
+    floor is not measurable: its `tar` and `threshold` are None, `measurable` is False and
+    `note` says why (the old figure there was the TAR at zero accepted impostors, whatever the
+    FAR asked for)."""
+    n = len(nonmated)
+    floor = 1.0 / n if n else math.inf
+    table = {}
+    for far in fars:
+        entry: dict[str, Any] = {"far": float(far), "num_impostor_pairs": n,
+                                 "min_measurable_far": floor}
+        if far_is_measurable(far, n):
+            threshold = threshold_at_far_scores(nonmated, far)
+            entry.update(measurable=True, tar=float(np.mean(np.asarray(mated) > threshold)),
+                         threshold=threshold if math.isfinite(threshold) else None)
+        else:
+            entry.update(measurable=False, tar=None, threshold=None,
+                         note=f"not measurable: FAR {far:g} is below 1/{n} = {floor:.3g}, the "
+                              f"smallest FAR {n} impostor pairs can measure")
+        table[f"{far:g}"] = entry
+    return table
+
+
+def val_far_floor(issame: Any, nfolds: int = 10) -> float:
+    """The smallest FAR the k-fold VAL can measure: 1 / the fewest impostor pairs any fold's
+    training side holds (its threshold is read from the training folds' FAR curve)."""
+    same = np.asarray(issame).astype(bool)
+    fewest = min(int((~same[train]).sum()) for train, _ in kfold_splits(len(same), nfolds))
+    return 1.0 / fewest if fewest else math.inf
 
 
 def equal_error_rate(mated: np.ndarray, nonmated: np.ndarray) -> tuple[float, float]:
@@ -155,8 +201,8 @@ def evaluate_pairs(
         accuracies.append(float(accuracy_curve(dist[test], same[test], np.array([best]))[0]))
         best_thresholds.append(float(best))
         _, far_train = val_far_curve(dist[train], same[train], VAL_THRESHOLDS)
-        threshold = (threshold_at_far(far_train, VAL_THRESHOLDS, 1e-3)
-                     if far_train.max() >= 1e-3 else 0.0)
+        threshold = (threshold_at_far(far_train, VAL_THRESHOLDS, VAL_FAR)
+                     if far_train.max() >= VAL_FAR else 0.0)
         val, far = val_far_curve(dist[test], same[test], np.array([threshold]))
         vals.append(float(val[0]))
         fars.append(float(far[0]))
