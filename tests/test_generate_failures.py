@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,8 +140,8 @@ def test_killed_job_reruns_only_its_missing_shards(ray_cluster, inputs):
     seeds = str(Path(inputs["root"]) / "seeds40.parquet")
     write_seed_table(seeds, np.arange(n) * 7, random_identities(n, ID_DIM, seed=5))
     cfg = _config(inputs, str(Path(inputs["root"]) / "interrupted"), seeds=seeds,
-                  distributed={"num_workers": 1})
-    env = {**os.environ, "CEMIRAY_PROGRESS": "0"}
+                  distributed={"num_workers": 1}, progress_every_s=1)
+    env = {k: v for k, v in os.environ.items() if k != "CEMIRAY_PROGRESS"}  # the defaults
     proc = subprocess.Popen([sys.executable, "-c", SUBPROCESS_JOB, cfg.model_dump_json()],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -150,6 +151,9 @@ def test_killed_job_reruns_only_its_missing_shards(ray_cluster, inputs):
     log = proc.stdout.read().decode(errors="replace")[-3000:]
     kept = {p: (Path(p).stat().st_mtime_ns, Path(p).read_bytes()) for p in _shards(cfg)}
     assert 1 <= len(kept) < 10, f"{len(kept)} of 10 shards at the kill; job log:\n{log}"
+    # what the user saw: progress lines of its own, no Ray Data progress block
+    assert re.search(r"generate: \d+/160 images \(\d+%\).*shards written", log), log
+    assert not re.search(r"Running Dataset|Starting execution of Dataset|✔️", log), log
     assert not (Path(cfg.out) / "manifest.json").exists(), "a killed run reported itself done"
 
     summary = run(cfg.model_copy(update={"preview_samples": 2}))  # an execution-only change

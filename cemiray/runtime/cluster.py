@@ -17,7 +17,8 @@ def init_ray(cfg: RayConfig) -> None:
     """Start or join Ray once per process; a second call is a no-op."""
     import ray
 
-    if ray.is_initialized():
+    if ray.is_initialized():  # started by the caller: only the console settings apply
+        set_progress_bars(cfg.progress_bars)
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"log_to_driver": cfg.log_to_driver, "logging_level": logging.WARNING}

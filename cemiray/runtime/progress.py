@@ -1,10 +1,11 @@
-"""Progress a person can follow (runtime): one line per interval from a job's metrics file.
+"""Progress a person can follow (runtime): one line per interval, from a job's own counts.
 
 Ray Train workers write their progress to `OUT/metrics.jsonl` (rank 0, JSON lines); their own
 stdout does not reach the driver. `follow_metrics` reads that file in a background thread of the
 driver and prints one line every `every_s` seconds: the step out of the total, images/s, the loss
-and an ETA, or, before the first step, what the run is waiting for. `since_launch` is the wall
-time a user has waited, start-up included.
+and an ETA, or, before the first step, what the run is waiting for. `ticker` with `count_line`
+does the same for jobs that count in the driver (images generated, shards written).
+`since_launch` is the wall time a user has waited, start-up included.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cemiray.data import storage
@@ -74,24 +75,43 @@ def progress_line(job: str, records: list[dict], waited: float) -> str:
 
 
 @contextmanager
-def follow_metrics(job: str, url: str, every_s: float = 15.0, enabled: bool = True
-                   ) -> Iterator[None]:
-    """Print `progress_line` every `every_s` seconds while the block runs."""
-    if not enabled:
+def ticker(line: Callable[[float], str], every_s: float = 15.0, enabled: bool = True
+           ) -> Iterator[None]:
+    """Print `line(seconds so far)` every `every_s` seconds while the block runs."""
+    if not enabled or every_s <= 0:
         yield
         return
-    stop = threading.Event()
-    begun, earlier = time.monotonic(), len(read_records(url))  # a resumed run's file has more
+    stop, begun = threading.Event(), time.monotonic()
 
     def loop() -> None:
         while not stop.wait(every_s):
-            records = read_records(url)[earlier:]
-            print(progress_line(job, records, time.monotonic() - begun), flush=True)
+            print(line(time.monotonic() - begun), flush=True)
 
-    thread = threading.Thread(target=loop, name=f"{job}-progress", daemon=True)
+    thread = threading.Thread(target=loop, name="cemiray-progress", daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+@contextmanager
+def follow_metrics(job: str, url: str, every_s: float = 15.0, enabled: bool = True
+                   ) -> Iterator[None]:
+    """Print `progress_line` of the metrics file at `url` every `every_s` seconds."""
+    earlier = len(read_records(url)) if enabled else 0  # a resumed run's file has more
+    with ticker(lambda waited: progress_line(job, read_records(url)[earlier:], waited), every_s,
+                enabled):
+        yield
+
+
+def count_line(job: str, done: int, total: int, unit: str, waited: float, extra: str = "") -> str:
+    """`job: 120/500 images (24%), 3.1 images/s, ETA 2 min 03 s [40 s]`."""
+    text = f"{job}: {done}/{total} {unit}" + (f" ({100 * done / total:.0f}%)" if total else "")
+    if done and waited > 0:
+        rate = done / waited
+        text += f", {rate:.1f} {unit}/s"
+        if total > done:
+            text += f", ETA {minutes((total - done) / rate)}"
+    return text + (f", {extra}" if extra else "") + f" [{minutes(waited)}]"

@@ -74,6 +74,8 @@ class GenerateConfig(JobConfig):
     preview_identities: int = Field(8, ge=1)
     preview_samples: int = Field(8, ge=1)
     leakage_audit: str | None = Field(None, description="optional leakage-audit JSON URL")
+    progress_every_s: float = Field(15.0, ge=0, description="seconds between progress lines "
+                                    "(images, shards written, ETA); 0: none")
     distributed: SamplerPoolConfig = Field(default_factory=SamplerPoolConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 

@@ -111,30 +111,38 @@ def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_
     items = [item for spec in pending for item in work_items(
         spec, inputs.table, cfg.samples_per_identity, cfg.schedule, cfg.seed, per_chunk,
         variation=cfg.variation, with_images=cfg.judge is not None)]
+    from cemiray.runtime.progress import count_line, ticker
+
     collector = ShardCollector(pending, cfg.samples_per_identity)
     workers: Counter[int] = Counter()
     written = 0
     t0 = time.perf_counter()
     first = None
-    for batch in build_dataset(cfg, inputs, items).iter_batches(batch_size=None,
-                                                                batch_format="numpy"):
-        first = first if first is not None else (time.perf_counter(), len(batch["label"]))
-        columns = list(batch)
-        for i in range(len(batch["label"])):
-            row = {key: batch[key][i] for key in columns}
-            workers[int(row["worker_pid"])] += 1
-            spec = collector.add(row)
-            if spec is not None:
-                url = storage.join(parquet_url, spec.name)
-                written += write_generated_shard(url, collector.pop(spec), cfg, inputs, spec,
-                                                 plan_sha)
+    images = sum(s.num_identities for s in pending) * cfg.samples_per_identity
+
+    def line(waited: float) -> str:
+        return count_line("generate", sum(workers.values()), images, "images", waited,
+                          f"{written}/{len(pending)} shards written")
+
+    with ticker(line, cfg.progress_every_s):
+        for batch in build_dataset(cfg, inputs, items).iter_batches(batch_size=None,
+                                                                    batch_format="numpy"):
+            first = first if first is not None else (time.perf_counter(), len(batch["label"]))
+            columns = list(batch)
+            for i in range(len(batch["label"])):
+                row = {key: batch[key][i] for key in columns}
+                workers[int(row["worker_pid"])] += 1
+                spec = collector.add(row)
+                if spec is not None:
+                    url = storage.join(parquet_url, spec.name)
+                    written += write_generated_shard(url, collector.pop(spec), cfg, inputs,
+                                                     spec, plan_sha)
     seconds = time.perf_counter() - t0
     missing = collector.missing()
     if missing:
         raise ShardPlanError(f"the pipeline ended with {len(missing)} shard(s) incomplete "
                              f"({dict(list(missing.items())[:5])} images missing); nothing of "
                              "them was written — rerun to complete them")
-    images = sum(s.num_identities for s in pending) * cfg.samples_per_identity
     steady_seconds = t0 + seconds - first[0]
     return {"shards_written": written, "images_generated": images,
             "generation_seconds": round(seconds, 3),
