@@ -166,8 +166,8 @@ def embed_all(cfg: EvaluateConfig, plan: list[dict]) -> tuple[np.ndarray, np.nda
                        num_actors=(cfg.num_actors_min, cfg.num_actors_max),
                        cpus_per_actor=cfg.cpus_per_actor, use_gpu=cfg.use_gpu,
                        flip_column="flip")
-    embeddings, labels, extras = collect_embeddings(ds)
     total = spans[-1].stop
+    embeddings, labels, extras = collect_embeddings(ds, "evaluate", total, every_s=15.0)
     if not np.array_equal(extras["index"], np.arange(total)):
         raise RuntimeError(f"evaluate: {total} images were read but {len(labels)} distinct rows "
                            "came back embedded")

@@ -107,13 +107,20 @@ def embed_dataset(ds, model_uri: str, batch_size: int = 256, num_actors: tuple[i
     )
 
 
-def collect_embeddings(ds) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def collect_embeddings(ds, job: str = "embed", total: int = 0, every_s: float = 0.0
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(embeddings N x D float32, labels, the other columns) of an embedded dataset, in the order
-    of its `index` column, which must hold distinct values."""
+    of its `index` column, which must hold distinct values. With `every_s` > 0 a progress line
+    (images embedded out of `total`) is printed at that interval."""
+    from cemiray.runtime.progress import count_line, ticker
+
     columns: dict[str, list[Any]] = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for key, value in batch.items():
-            columns.setdefault(key, []).append(value)
+    done = [0]
+    with ticker(lambda waited: count_line(job, done[0], total, "images", waited), every_s):
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for key, value in batch.items():
+                columns.setdefault(key, []).append(value)
+            done[0] += len(next(iter(batch.values()), []))
     if not columns:
         raise ValueError("the embedded dataset holds no rows")
     for needed in ("index", "embedding", "label"):
