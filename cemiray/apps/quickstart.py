@@ -16,6 +16,7 @@ from pydantic import Field
 from cemiray.apps.experiment.config import ExperimentConfig, FRRecipe, SyntheticSet
 from cemiray.data import storage
 from cemiray.runtime.config import JobConfig, RayConfig, WorldConfig
+from cemiray.runtime.progress import since_launch
 
 
 def quickstart_loop() -> ExperimentConfig:
@@ -110,7 +111,7 @@ def run(cfg: QuickstartConfig) -> dict:
     if cfg.loop:
         summary["experiment"] = run_loop(cfg)
         summary["seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"quickstart: done in {summary['seconds']} s; outputs in {cfg.out}")
+    print(f"quickstart: done in {since_launch():.0f} s since launch; outputs in {cfg.out}")
     if "experiment" in summary and "report" in summary["experiment"]:
         print(f"quickstart report: {summary['experiment']['report']}")
     return summary

@@ -1,8 +1,9 @@
-"""What a person sees while training: `cemiray train-fr` run as a user would (a subprocess, its
-own Ray cluster, the console captured) prints step progress from the workers' reports, says how
-non-square images are fitted, shows no Ray Data progress block and no Ray warning a user cannot
-act on, keeps Ray Train's checkpoints under `out`, and counts its duration from launch. Plus the
-pieces: centre crop and pad of a 92x112 face, and the progress line."""
+"""What a person sees on the console: `cemiray train-fr` and `cemiray quickstart` run as a user
+would (a subprocess, its own Ray cluster, stdout not a terminal, the console captured). Training
+prints step progress from the workers' reports, says how non-square images are fitted, keeps Ray
+Train's checkpoints under `out` and counts its duration from launch; neither shows a Ray Data
+progress block or a Ray warning a user cannot act on. Plus the pieces: centre crop and pad of a
+92x112 face, and the progress line."""
 
 from __future__ import annotations
 
@@ -84,3 +85,19 @@ def test_train_fr_console_shows_progress_and_the_fitting(tmp_path):
     assert (out / "ray_results").is_dir() and not (tmp_path / "runs").exists()
     config = json.loads((out / "config.json").read_text())
     assert config["resize"] == "crop" and config["distributed"]["storage_path"] is None
+
+
+def test_quickstart_log_holds_no_ray_data_block(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CEMIRAY_PROGRESS"}
+    command = [sys.executable, "-m", "cemiray.cli", "quickstart", f"out={tmp_path / 'qs'}",
+               "loop=false", "train_identities=12", "test_identities=6",
+               "samples_per_identity=4", "verification_pairs=20", "shard_identities=5"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, check=False)
+    console = done.stdout + done.stderr
+    print(console)
+    assert done.returncode == 0, console[-3000:]
+    assert "quickstart data" in console and "parquet_rows" in console
+    assert not RAY_DATA_BLOCK.search(console), RAY_DATA_BLOCK.search(console)
+    assert "Token authentication" not in console
+    assert re.search(r"quickstart: done in \d+ s since launch", console), console
