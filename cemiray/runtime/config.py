@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cemiray.data import storage
+from cemiray.runtime.config_keys import explain_error, parse_value
 
 C = TypeVar("C", bound="JobConfig")
 
@@ -34,13 +35,6 @@ class JobConfig(BaseModel):
         storage.atomic_write_text(url, self.to_json() + "\n")
         return url
 
-
-def parse_value(text: str) -> Any:
-    """A CLI value as YAML does it: `3` → int, `0.5` → float, `true` → bool, `[1, 2]` → list."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 def apply_override(data: dict, dotted_key: str, value: Any) -> None:
@@ -81,28 +75,52 @@ def _merge(base: Any, given: Any) -> Any:
 
 
 def load_config(cls: type[C], path: str | None = None, overrides: list[str] | None = None) -> C:
-    """Build `cls` from an optional YAML file, then `key=value` overrides, then validate."""
+    """Build `cls` from an optional YAML file, then `key=value` overrides, then validate. Every
+    problem is a ConfigError of one line per wrong key: the key, what it takes, an example."""
     data: dict = {}
     if path:
         try:
             data = yaml.safe_load(storage.read_text(path)) or {}
+        except OSError as exc:
+            raise ConfigError(f"--config {path}: cannot read it ({exc})") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", None) or _one_line(exc)
+            raise ConfigError(f"--config {path}: not valid YAML ({where}{problem})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file must hold a mapping, not {type(data).__name__}")
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r} is not of the form key=value "
+                              "(`--help` lists the keys)")
         key, _, value = item.partition("=")
-        apply_override(data, key.strip(), parse_value(value))
+        apply_override(data, key.strip(), _parse_override(key.strip(), value))
     try:
         return cls.model_validate(with_section_defaults(cls, data))
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "<config>"
-            lines.append(f"  {where}: {err['msg']}")
-        raise ConfigError(f"invalid {cls.__name__}:\n" + "\n".join(lines)) from None
+        raise ConfigError("\n".join(explain_error(cls, err) for err in exc.errors())) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _parse_override(key: str, text: str) -> Any:
+    """`parse_value`, except that a value written as a list or mapping must parse as one."""
+    if text.strip()[:1] in ("[", "{"):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or _one_line(exc)
+            form, quoted = ("list", '["orl:", "toyfaces:?ids=0-9&samples=2"]') \
+                if text.strip().startswith("[") else ("mapping", '{"orl:": ORL}')
+            raise ConfigError(f"{key}={text}: not a valid {form} ({problem}); put items holding "
+                              f"':', ',', '?' or '#' in double quotes: {key}='{quoted}'") from None
+    value = parse_value(text)
+    if isinstance(value, dict) and list(value.items()) == [(text.strip()[:-1], None)]:
+        return text.strip()  # `data=orl:` is the URI `orl:`, not the mapping {orl: null}
+    return value
 
 
 class RayConfig(BaseModel):

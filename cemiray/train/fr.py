@@ -20,7 +20,9 @@ from cemiray.train.settings import AugmentConfig, DistributedConfig
 
 class TrainFRConfig(JobConfig):
     out: str = "runs/train_fr"
-    data: str = "toyfaces:?seed=0&ids=0-499&samples=20&size=32"
+    data: str = Field("toyfaces:?seed=0&ids=0-499&samples=20&size=32", description="face "
+                      "source URI: parquet:/imagefolder:/recordio:/orl:<path or URL>, or "
+                      "toyfaces:?ids=..&samples=..")
     verification: str | None = Field(None, description="a verification .bin evaluated during training")
     backbone: str = "iresnet18"
     input_size: int = Field(32, ge=16, le=112)
@@ -56,7 +58,9 @@ class TrainFRConfig(JobConfig):
     prefetch_batches: int = Field(1, ge=0, description="batches Ray Data prepares ahead in a "
                                   "background thread (0: none; on a small CPU that thread takes "
                                   "cores from the training threads)")
-    resume_from: str | None = None
+    resume_from: str | None = Field(None, description="a train-fr checkpoint folder to continue "
+                                    "(OUT/checkpoint.json names the last one); only checkpoints "
+                                    "whose pickles hold data are loaded")
     seed: int = 0
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
