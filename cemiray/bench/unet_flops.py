@@ -234,6 +234,8 @@ class BenchUNetConfig(JobConfig):
     pipeline_preset: Literal["tiny", "small", "paper"] = "paper"
     pipeline_batch: int | None = Field(None, ge=1, description="None: 128 on CUDA, 1 on CPU")
     pipeline_steps: int = Field(20, ge=1)
+    results: str | None = Field(None, description="also write the result JSON here (e.g. "
+                                "docs/results/unet.json)")
 
 
 def bench_preset(cfg: BenchUNetConfig, preset: str, device: torch.device,
@@ -289,6 +291,8 @@ def run(cfg: BenchUNetConfig) -> dict:
             figures["pipeline"]["meets_goal"] = rate >= GOAL_PAPER_IMG_PER_S
     figures["load_average_1m"] = {"start": load, "end": os.getloadavg()[0]}
     url = write_result(cfg.out, "bench_unet", cfg.model_dump(mode="json"), figures)
+    if cfg.results:
+        storage.atomic_write_text(cfg.results, storage.read_text(url))
     for preset, f in figures["presets"].items():
         print(f"bench-unet: {preset}: {f['flops_per_image_step'] / 1e9:.3f} GFLOP/image/step, "
               f"batch {f['batch']}, UNet/GEMM = {f['unet_over_gemm']:.3f}, "
