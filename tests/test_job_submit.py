@@ -101,6 +101,7 @@ def submit(address: str, env: dict, entrypoint: list[str], timeout: int = 400):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_submitted_generate_job_succeeds_and_writes_its_shards(ray_head, tmp_path):
     from test_generate import GEN_16, make_inputs
 

@@ -18,21 +18,22 @@ from cemiray.data.parquet_shards import list_shards
 CHROMIUM = Path("/usr/bin/chromium").exists()
 
 
-def tiny_loop() -> ExperimentConfig:
+def tiny_loop(scaling: list[int]) -> ExperimentConfig:
     return ExperimentConfig(out="", recognizer_identities=20, test_identities=10, test_samples=6,
                             bin_pairs=200, identities=6, samples_per_identity=4,
                             candidates_per_identity=3, quotas={}, sets=[SyntheticSet(m=[0.5])],
                             steps=2, images_per_call=24, sampler_workers=1,
                             fr=FRRecipe(epochs=1, max_steps=2, batch_size=12), trainings=2,
-                            scaling=[2],
-                            screenshot=CHROMIUM)
+                            scaling=scaling, screenshot=CHROMIUM)
 
 
 @pytest.mark.ray
-def test_quickstart_small(ray_cluster, tmp_path, capsys):
+@pytest.mark.parametrize("scaled", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["sets", "scaled_sets"])
+def test_quickstart_small(ray_cluster, tmp_path, capsys, scaled):
     cfg = QuickstartConfig(out=str(tmp_path / "qs"), train_identities=12, test_identities=6,
                            samples_per_identity=4, verification_pairs=20, shard_identities=5,
-                           experiment=tiny_loop().model_copy(
+                           experiment=tiny_loop([2] if scaled else []).model_copy(
                                update={"summary_json": str(tmp_path / "summary.json")}))
     summary = run(cfg)
     assert summary["parquet_rows"] == 48 and summary["recordio_records"] == 48
@@ -46,16 +47,17 @@ def test_quickstart_small(ray_cluster, tmp_path, capsys):
     exp = tmp_path / "qs" / "experiment"
     results = json.loads((exp / "results.json").read_text())
     rows = {r["name"]: r for r in results["training_sets"]}
-    assert set(rows) == {"real", "m=0.5", "real x2", "m=0.5 x2"}
+    names = ["real", "m=0.5"] + (["real x2", "m=0.5 x2"] if scaled else [])
+    assert set(rows) == set(names)
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
-    assert [rows[k]["images"] for k in ("real", "m=0.5", "real x2", "m=0.5 x2")] == [24, 24, 48, 48]
+    assert [rows[k]["images"] for k in names] == [24, 24, 48, 48][:len(names)]
     for row in rows.values():  # a mean over two trainings (seeds 0, 1) with its interval
         assert row["trainings"] == 2 and len(row["accuracies"]) == 2
         assert row["accuracy"] == pytest.approx(np.mean(row["accuracies"]))
         assert row["accuracy_ci95"] >= 0
-    claim, scaled = results["claims"]  # no m = 1 set here: synthetic against real, and scaled
+    claim, *more = results["claims"]  # no m = 1 set here: synthetic against real (and scaled)
     assert (claim["a"], claim["b"]) == ("m=0.5", "real") and 0 <= claim["p"] <= 1
-    assert (scaled["a"], scaled["b"]) == ("m=0.5 x2", "real")
+    assert [(c["a"], c["b"]) for c in more] == ([("m=0.5 x2", "real")] if scaled else [])
     assert claim["verdict"] in printed
     assert results["judge"]["independent"] and "judge_mean" in results["calibration"][0]
     assert -1 <= results["calibration"][0]["judge_mean"] <= 1
@@ -64,15 +66,16 @@ def test_quickstart_small(ray_cluster, tmp_path, capsys):
         r["accuracies"] for r in results["training_sets"]]
     assert quoted["claims"][0]["verdict"] == claim["verdict"] and quoted["command"]
     assert [c["target"] for c in results["calibration"]] == [0.5]
-    assert results["calibration"][0]["n"] == 24 + 48
+    assert results["calibration"][0]["n"] == 24 + 48 * scaled
     assert set(results["score_distributions"]) == set(rows)
     assert set(results["distances"]) == set(rows) - {"real"}
-    assert results["leakage"]["checked"] == 36  # 3 candidates for each of 2 × 6 seeds
+    assert results["leakage"]["checked"] == 18 * (1 + scaled)  # 3 candidates × 6 seeds per pool
     prov = results["provenance"]
+    stems = ["real", "m_0.5"] + (["real_x2", "m_0.5_x2"] if scaled else [])
     assert set(prov["hashes"]) == {
-        "test-bin", "seeds", "seeds-6", "generate-m_0.5", "generate-m_0.5_x2", "judge",
-        *(f"fr-{name}-seed{s}" for name in ("real", "m_0.5", "real_x2", "m_0.5_x2")
-          for s in (0, 1))}
+        "test-bin", "seeds", "generate-m_0.5", "judge",
+        *(["seeds-6", "generate-m_0.5_x2"] if scaled else []),
+        *(f"fr-{name}-seed{s}" for name in stems for s in (0, 1))}
     # the real baseline's identities follow E_id's (0-19) and the test's (20-29)
     assert "ids=30-35" in prov["configs"]["judge"]["datasets"]["real"]
     assert prov["models"]["judge"]["sha256"] != prov["models"]["recognizer"]["sha256"]
@@ -81,9 +84,10 @@ def test_quickstart_small(ray_cluster, tmp_path, capsys):
     generated = next((exp / "stages").glob("generate-m_0.5-*"))
     table = pq.read_table(generated / "parquet")
     assert table.num_rows == 24 and set(table.column("target_m").to_pylist()) == {0.5}
-    assert set(table.column("seed_id").to_pylist()) < set(
-        pq.read_table(next((exp / "stages").glob("generate-m_0.5_x2-*")) / "parquet")
-        .column("seed_id").to_pylist())  # the base set's identities are the scaled set's first
+    if scaled:  # the base set's identities are the scaled set's first
+        assert set(table.column("seed_id").to_pylist()) < set(
+            pq.read_table(next((exp / "stages").glob("generate-m_0.5_x2-*")) / "parquet")
+            .column("seed_id").to_pylist())
     report = exp / "report"
     html = (report / "report.html").read_text()
     figures = json.loads((report / "report.json").read_text())["figures"]

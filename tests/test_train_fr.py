@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -20,6 +21,7 @@ from cemiray.train.fr import TrainFRConfig, run
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_train_fr_two_workers_zero2_survives_a_killed_worker(ray_cluster, tmp_path):
     out = tmp_path / "fr"
     cfg = TrainFRConfig(
@@ -84,7 +86,8 @@ def test_train_fr_two_workers_zero2_survives_a_killed_worker(ray_cluster, tmp_pa
 
 
 @pytest.mark.ray
-def test_train_fr_partial_fc_on_two_workers_trains_resumes_and_exports(ray_cluster, tmp_path):
+def test_train_fr_partial_fc_on_two_workers_trains_resumes_and_exports(ray_cluster, tmp_path,
+                                                                        capsys):
     """Partial FC: each of 2 Ray Train workers holds 8 of the 16 class centres (75% of them
     used per step) outside DeepSpeed, whose ZeRO-2 engine trains the backbone data-parallel.
     One fit trains, saves each rank's shard in its checkpoints and exports the backbone and the
@@ -106,10 +109,15 @@ def test_train_fr_partial_fc_on_two_workers_trains_resumes_and_exports(ray_clust
         embedding_dim=64, batch_size=8, max_steps=24, lr=0.05, log_every=1, read_parts=2,
         partial_fc=True, sample_rate=0.75, verification=held_out, eval_every=10**6,
         distributed={"num_workers": 2, "zero_stage": 2, "checkpoint_every": 12,
-                     "max_failures": 0, "storage_path": str(tmp_path / "ray_results"),
-                     "torch_threads": 1},
+                     "max_failures": 0, "torch_threads": 1, "progress_every_s": 1},
     )
     result = run(cfg)
+    # What the driver's console showed: progress lines read from the workers' metrics, and a
+    # duration counted from launch; Ray Train's checkpoints went under `out`.
+    console = capsys.readouterr().out
+    assert re.search(r"train-fr: step \d+/24 \(\d+%\)", console), console
+    assert re.search(r"train-fr: done in \d+ s since launch", console), console
+    assert (out / "ray_results").is_dir()
     records = read_metrics(str(out / "metrics.jsonl"))
     losses = [r["loss"] for r in records if r["event"] == "train"]
     assert len(losses) == 24

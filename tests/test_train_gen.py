@@ -1,7 +1,8 @@
-"""train-gen on a real 2-worker Ray Train + DeepSpeed ZeRO-2 run on CPU: a worker is killed
-mid-run and the run resumes from its checkpoint; the loss falls; the EMA weights are exported as a
-pipeline folder that loads and samples; a later run continues from the last checkpoint. Tiny
-16 px images, a tiny UNet and a random-init IResNet-18 as E_id keep it fast."""
+"""train-gen on a real 2-worker Ray Train + DeepSpeed ZeRO-2 run on CPU (in the `slow` variant a
+worker is killed mid-run and the run resumes from its checkpoint); the loss falls; the EMA
+weights are exported as a pipeline folder that loads and samples; a later run continues from the
+last checkpoint. Tiny 16 px images, a tiny UNet and a random-init IResNet-18 as E_id keep it
+fast."""
 
 from __future__ import annotations
 
@@ -53,7 +54,10 @@ def test_ema_warms_up_then_tracks_slowly():
 
 
 @pytest.mark.ray
-def test_train_gen_two_workers_survives_a_killed_worker_and_continues(ray_cluster, tmp_path):
+@pytest.mark.parametrize("kill", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["trains", "killed_worker"])
+def test_train_gen_two_workers_trains_survives_a_killed_worker_and_continues(
+        ray_cluster, tmp_path, kill):
     recognizer = str(tmp_path / "eid")
     torch.manual_seed(0)
     backbone = get_backbone("iresnet18", input_size=16, num_features=32)
@@ -88,17 +92,20 @@ def test_train_gen_two_workers_survives_a_killed_worker_and_continues(ray_cluste
                 return latest["metrics"]["step"]
         return None
 
-    first_ckpt = wait_for(checkpoint_registered, 120, "a registered checkpoint")
-    victim = json.loads((out / "workers" / "rank-1.json").read_text())["pid"]
-    os.kill(victim, signal.SIGKILL)
-    runner.join(timeout=200)
+    if kill:
+        first_ckpt = wait_for(checkpoint_registered, 120, "a registered checkpoint")
+        victim = json.loads((out / "workers" / "rank-1.json").read_text())["pid"]
+        os.kill(victim, signal.SIGKILL)
+    runner.join(timeout=400)
     assert not runner.is_alive(), "train-gen still running long after the kill"
     assert result, "train-gen raised (see the log above)"
 
     records = read_metrics(str(out / "metrics.jsonl"))
     starts = [r for r in records if r["event"] == "start"]
-    assert len(starts) == 2 and starts[1]["resumed"]
-    assert starts[1]["step"] >= first_ckpt and starts[1]["step"] % 8 == 0
+    assert len(starts) == 1 + kill
+    if kill:
+        assert starts[1]["resumed"]
+        assert starts[1]["step"] >= first_ckpt and starts[1]["step"] % 8 == 0
     assert starts[0]["pairing"] == "identity" and starts[0]["pairs"] > 0
     done = [r for r in records if r["event"] == "done"]
     assert done and done[-1]["step"] == STEPS
@@ -133,4 +140,4 @@ def test_train_gen_two_workers_survives_a_killed_worker_and_continues(ray_cluste
     summary = run(more)
     assert summary["step"] == STEPS + 4
     starts = [r for r in read_metrics(str(out / "metrics.jsonl")) if r["event"] == "start"]
-    assert len(starts) == 3 and starts[2]["resumed"] and starts[2]["step"] == STEPS
+    assert len(starts) == 2 + kill and starts[-1]["resumed"] and starts[-1]["step"] == STEPS
