@@ -70,6 +70,8 @@ JOBS: dict[str, Job] = {
                      "train the CemiFace generator with Ray Train and DeepSpeed"),
     "train-uncond": Job("cemiray.train.uncond", "TrainUncondConfig",
                         "train the unconditional face generator that makes identity seeds"),
+    "train-gan": Job("cemiray.train.gan", "TrainGANConfig",
+                     "train the StyleGAN face generator that makes new identities fast"),
     "seeds": Job("cemiray.pipeline.seeds.job", "SeedsConfig",
                  "identity seeds: sources, uniqueness/leakage/quality filters, attribute quotas"),
     "experiment": Job("cemiray.apps.experiment.loop", "ExperimentConfig",

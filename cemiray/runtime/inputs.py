@@ -72,6 +72,9 @@ INPUTS: dict[str, tuple[Input, ...]] = {
     "TrainGenConfig": (Input("resume_from", CHECKPOINT), Input("data", SOURCE),
                        Input("recognizer", MODEL), Input("init_from", PIPELINE)),
     "TrainUncondConfig": (Input("resume_from", CHECKPOINT), Input("data", SOURCE)),
+    # a train-gan checkpoint holds no DeepSpeed state (safetensors + JSON): the job checks it
+    # tensor by tensor itself, before Ray starts (cemiray.train.gan.verify_resume_from)
+    "TrainGANConfig": (Input("resume_from", PATH), Input("data", SOURCE)),
     "EvaluateConfig": (Input("model", MODEL, made_by=TRAINED_FR), Input("verification", BIN),
                        Input("datasets", SOURCE), Input("reference", SOURCE)),
     "AnalyzeCentresConfig": (Input("data", SOURCE), Input("model", MODEL, made_by=TRAINED_FR),
@@ -84,6 +87,7 @@ INPUTS: dict[str, tuple[Input, ...]] = {
                        Input("leakage_audit", FILE)),
     "SeedsConfig": (Input("recognizer", MODEL), Input("judge", MODEL), Input("inquiry", SOURCE),
                     Input("embedding_files", PATH), Input("generator", UNCOND),
+                    Input("gan", PATH),
                     Input("leakage_data", SOURCE), Input("leakage_centres", PATH),
                     Input("probe_data", SOURCE)),
     "ExperimentConfig": (Input("recognizer", MODEL), Input("judge", MODEL),

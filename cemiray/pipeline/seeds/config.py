@@ -35,8 +35,16 @@ class SeedsConfig(JobConfig):
     generator_samples: int = Field(0, ge=0)
     generator_steps: int = Field(50, ge=1)
     generator_sampler: Literal["ddim", "ddpm"] = "ddim"
-    generator_seed: int = Field(0, ge=0, description="sample k uses noise seed generator_seed+k")
-    generator_batch: int = Field(32, ge=1, description="images per sampler call")
+    generator_seed: int = Field(0, ge=0, description="sample k uses noise seed generator_seed+k "
+                                "(generator and gan)")
+    generator_batch: int = Field(32, ge=1, description="images per sampler call (generator and "
+                                 "gan)")
+    gan: str | None = Field(None, description="StyleGAN generator folder (`cemiray train-gan` "
+                            "writes one at OUT/generator): a fast source of new identities")
+    gan_samples: int = Field(0, ge=0)
+    truncation: float = Field(1.0, ge=0, le=1, description="the gan's truncation psi: "
+                              "w = w_avg + psi (w - w_avg); 1: none, lower trades identity "
+                              "diversity for cleaner faces")
     attributes: list[str] = Field(default_factory=lambda: ["group", "age", "sex"],
                                   description="attribute columns carried into the table")
     order: Literal["given", "interleaved", "shuffled"] = Field(
@@ -90,10 +98,12 @@ class SeedsConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self) -> SeedsConfig:
-        if not (self.inquiry or self.embedding_files or self.generator):
-            raise ValueError("no seed sources: give inquiry, embedding_files or generator")
+        if not (self.inquiry or self.embedding_files or self.generator or self.gan):
+            raise ValueError("no seed sources: give inquiry, embedding_files, generator or gan")
         if bool(self.generator) != (self.generator_samples > 0):
             raise ValueError("give generator together with generator_samples > 0")
+        if bool(self.gan) != (self.gan_samples > 0):
+            raise ValueError("give gan together with gan_samples > 0")
         if self.leakage_data and self.leakage_centres:
             raise ValueError("give leakage_data or leakage_centres, not both")
         if self.quotas and self.num_identities is None:
@@ -129,6 +139,7 @@ class SeedsConfig(JobConfig):
             "recognizer": recognizer,
             "judge": None if judge == recognizer else judge,
             "generator": storage.absolute(self.generator),
+            "gan": storage.absolute(self.gan),
             "leakage_centres": storage.absolute(self.leakage_centres),
             "embedding_files": [storage.absolute(u) for u in self.embedding_files],
         })

@@ -2,13 +2,16 @@
 
 The table (cemiray.pipeline.seeds.table) holds the identities a synthetic dataset is made of.
 
-Candidates come from three kinds of source, in this order:
+Candidates come from four kinds of source, in this order:
 - `inquiry`: face datasets (any source URI); the first image of each label is a 1-shot inquiry
   image (CemiFace's default: new identities of a world the recogniser never saw);
 - `embedding_files`: identity embeddings given directly (.npy N x D, or Parquet with an
   `embedding` column and optional attribute columns);
 - `generator`: samples of an unconditional face generator (`cemiray train-uncond`), sample k
-  drawn from noise seed `generator_seed + k`, so no identity comes from a real person.
+  drawn from noise seed `generator_seed + k`, so no identity comes from a real person;
+- `gan`: samples of a StyleGAN generator (`cemiray train-gan`, GANDiffFace's identity stage),
+  sample k from z of seed `generator_seed + k`, truncated by `truncation` (ψ); one forward pass
+  per image instead of a DDPM's tens.
 
 One Ray Data pass embeds every image (stages.py); the same pass embeds the reference sets: the
 training data whose identity centres the leakage filter compares with (summed per label as
@@ -61,6 +64,10 @@ def open_inputs(cfg: SeedsConfig) -> Inputs:
     if cfg.generator and not storage.exists(storage.join(cfg.generator, MARKER_NAME)):
         raise FileNotFoundError(f"{cfg.generator}: not an unconditional generator folder (no "
                                 f"{MARKER_NAME}; train one with `cemiray train-uncond`)")
+    if cfg.gan:  # the whole folder is checked (marker, preset, every tensor) before Ray starts
+        from cemiray.models.stylegan_io import load_gan
+
+        load_gan(cfg.gan)
     centres = centre_labels = None
     if cfg.leakage_centres:
         centres, centre_labels = read_centres_file(cfg.leakage_centres, space_dim)
@@ -78,7 +85,7 @@ def embed_candidates(cfg: SeedsConfig, inputs: Inputs):
 
     candidates = Candidates(judged=cfg.judge is not None)
     sums = probe = None
-    if inputs.parts or cfg.generator:
+    if inputs.parts or cfg.generator or cfg.gan:
         init_ray(cfg.ray)
         sums, probe = consume(build_dataset(cfg, inputs.parts, inputs.sources), candidates)
     centres, centre_labels = inputs.centres, inputs.centre_labels

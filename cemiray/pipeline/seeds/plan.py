@@ -82,6 +82,10 @@ def plan_sources(cfg: SeedsConfig, inquiry: list[Source], leakage: Source | None
         sources.append({"name": f"uncond:{cfg.generator}", "kind": "generator",
                         "offset": offset, "rows": cfg.generator_samples})
         offset += cfg.generator_samples
+    if cfg.gan:
+        sources.append({"name": f"gan:{cfg.gan}", "kind": "gan", "offset": offset,
+                        "rows": cfg.gan_samples})
+        offset += cfg.gan_samples
     roles: dict[str, tuple[Source, int]] = {}
     for source, role in ((leakage, CENTRES), (probe, PROBE)):
         if source is not None:

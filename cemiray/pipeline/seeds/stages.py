@@ -1,9 +1,9 @@
 """The Ray stages of `cemiray seeds` (pipeline part): read tasks, generator and embedder actors.
 
 One Ray Data pass does the heavy work: read tasks turn face-source parts into image rows
-(cemiray.runtime.reader), sampler actors turn generator seeds into images, and embedder actors
-(each holding the conditioning recogniser and the judge once) add the unit embedding, the raw
-feature norm and the judge's embedding."""
+(cemiray.runtime.reader), sampler actors turn generator seeds into images (the unconditional
+DDPM's or the StyleGAN's), and embedder actors (each holding the conditioning recogniser and the
+judge once) add the unit embedding, the raw feature norm and the judge's embedding."""
 
 from __future__ import annotations
 
@@ -32,10 +32,55 @@ class UncondSampler:
 
         images = sample_unconditional(self.gen, [int(s) for s in batch["noise_seed"]],
                                       self.steps, self.sampler, self.device)
-        n = len(images)
-        return {"index": batch["index"], "source": batch["source"], "roles": batch["roles"],
-                "image": np.array([encode_png(im) for im in images], dtype=object),
-                "label": batch["label"], "attributes": np.array(["{}"] * n, dtype=object)}
+        return sampled_rows(batch, images)
+
+
+class GANSampler:
+    """A Ray Data actor: loads (and checks) the StyleGAN generator once, samples one image per
+    row from the row's noise seed with truncation ψ."""
+
+    def __init__(self, url: str, truncation: float, device: str) -> None:
+        from cemiray.models.stylegan_io import load_gan
+
+        self.gen, _, _ = load_gan(url, device)
+        self.truncation, self.device = truncation, device
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from cemiray.models.stylegan import sample_gan
+
+        seeds = [int(s) for s in batch["noise_seed"]]
+        images = sample_gan(self.gen, seeds, self.truncation, batch_size=len(seeds),
+                            device=self.device)
+        return sampled_rows(batch, images)
+
+
+def sampled_rows(batch: dict[str, np.ndarray], images: np.ndarray) -> dict[str, np.ndarray]:
+    """A sampler's output rows: the plan columns with the images as PNG and no attributes."""
+    n = len(images)
+    return {"index": batch["index"], "source": batch["source"], "roles": batch["roles"],
+            "image": np.array([encode_png(im) for im in images], dtype=object),
+            "label": batch["label"], "attributes": np.array(["{}"] * n, dtype=object)}
+
+
+def sample_source(cfg: SeedsConfig, sources: list[dict], kind: str, actor, kwargs: dict):
+    """The rows of the `kind` seed source turned into images by `actor` (a Ray Data actor
+    pool), or None when there is no such source; row k samples noise seed generator_seed + k."""
+    found = [s for s in sources if s["kind"] == kind]
+    if not found:
+        return None
+    number, first, count = sources.index(found[0]), found[0]["offset"], found[0]["rows"]
+    rows = [{"index": first + k, "source": number, "roles": SEED, "label": k,
+             "noise_seed": cfg.generator_seed + k} for k in range(count)]
+    blocks = -(-len(rows) // cfg.generator_batch)
+    return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+        actor,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_actors_max),
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=cfg.gpus_per_actor if cfg.use_gpu else 0,
+        batch_size=cfg.generator_batch,
+        batch_format="numpy",
+        fn_constructor_kwargs=kwargs,
+    )
 
 
 class SeedEmbedder:
@@ -82,23 +127,14 @@ def build_dataset(cfg: SeedsConfig, items: list[ReadPart], sources: list[dict]):
     if items:
         parts.append(read_parts(items, columns=None, transform=seed_transform(cfg),
                                 num_cpus=min(0.5, max(cfg.cpus_per_actor, 0.1))))
-    generator = [s for s in sources if s["kind"] == "generator"]
-    if generator:
-        number, first = sources.index(generator[0]), generator[0]["offset"]
-        rows = [{"index": first + k, "source": number, "roles": SEED, "label": k,
-                 "noise_seed": cfg.generator_seed + k} for k in range(cfg.generator_samples)]
-        blocks = -(-len(rows) // cfg.generator_batch)
-        samples = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-            UncondSampler,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_actors_max),
-            num_cpus=cfg.cpus_per_actor,
-            num_gpus=cfg.gpus_per_actor if cfg.use_gpu else 0,
-            batch_size=cfg.generator_batch,
-            batch_format="numpy",
-            fn_constructor_kwargs={"url": cfg.generator, "steps": cfg.generator_steps,
-                                   "sampler": cfg.generator_sampler, "device": device},
-        )
-        parts.append(samples)
+    for kind, actor, kwargs in (
+            ("generator", UncondSampler, {"url": cfg.generator, "steps": cfg.generator_steps,
+                                          "sampler": cfg.generator_sampler, "device": device}),
+            ("gan", GANSampler, {"url": cfg.gan, "truncation": cfg.truncation,
+                                 "device": device})):
+        samples = sample_source(cfg, sources, kind, actor, kwargs)
+        if samples is not None:
+            parts.append(samples)
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     return ds.map_batches(
         SeedEmbedder,
