@@ -72,6 +72,9 @@ JOBS: dict[str, Job] = {
                         "train the unconditional face generator that makes identity seeds"),
     "train-gan": Job("cemiray.train.gan", "TrainGANConfig",
                      "train the StyleGAN face generator that makes new identities fast"),
+    "train-attr": Job("cemiray.train.attr", "TrainAttrConfig",
+                      "train a face-attribute predictor (demographics, variation) on any "
+                      "labelled set"),
     "seeds": Job("cemiray.pipeline.seeds.job", "SeedsConfig",
                  "identity seeds: sources, uniqueness/leakage/quality filters, attribute quotas"),
     "experiment": Job("cemiray.apps.experiment.loop", "ExperimentConfig",

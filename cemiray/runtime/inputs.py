@@ -75,6 +75,8 @@ INPUTS: dict[str, tuple[Input, ...]] = {
     # a train-gan checkpoint holds no DeepSpeed state (safetensors + JSON): the job checks it
     # tensor by tensor itself, before Ray starts (cemiray.train.gan.verify_resume_from)
     "TrainGANConfig": (Input("resume_from", PATH), Input("data", SOURCE)),
+    "TrainAttrConfig": (Input("resume_from", CHECKPOINT), Input("data", SOURCE),
+                        Input("holdout", SOURCE)),
     "EvaluateConfig": (Input("model", MODEL, made_by=TRAINED_FR), Input("verification", BIN),
                        Input("datasets", SOURCE), Input("reference", SOURCE)),
     "AnalyzeCentresConfig": (Input("data", SOURCE), Input("model", MODEL, made_by=TRAINED_FR),
