@@ -117,24 +117,61 @@ def attribute_dataset(source, cfg: TrainAttrConfig, parts: int):
                       transform=labelled_rows(cfg.categorical, cfg.continuous))
 
 
+def label_counts(categorical: list[str], continuous: list[str]):
+    """A map_batches function: one row per batch with the batch's label statistics (value
+    counts of each categorical attribute; count, sum and sum of squares of each continuous one)
+    as JSON, so one pass over the data gives every spec."""
+
+    def count(batch: dict) -> dict:
+        import numpy as np
+
+        stats: dict = {}
+        for name in categorical:
+            # JSON texts; a column no row of the block has comes back as nulls (None or NaN)
+            values, counts = np.unique([v for v in batch[f"c:{name}"] if isinstance(v, str)],
+                                       return_counts=True)
+            stats[f"c:{name}"] = {str(v): int(c) for v, c in zip(values, counts, strict=True)}
+        for name in continuous:
+            x = np.array([v for v in batch[f"x:{name}"] if v is not None], dtype=np.float64)
+            x = x[np.isfinite(x)]
+            stats[f"x:{name}"] = [len(x), float(x.sum()), float((x ** 2).sum())]
+        return {"stats": np.array([json.dumps(stats)], dtype=object)}
+
+    return count
+
+
 def attribute_specs(ds, cfg: TrainAttrConfig) -> list:
-    """The specs read from the data: each categorical attribute's classes, each continuous
-    one's mean and std; an attribute no row carries is refused naming it."""
+    """The specs read from the data in one pass: each categorical attribute's classes, each
+    continuous one's mean and std; an attribute no row carries is refused naming it."""
+    import math
+
     from cemiray.models.attributes import CATEGORICAL, CONTINUOUS, AttributeSpec
 
+    columns = [*(f"c:{n}" for n in cfg.categorical), *(f"x:{n}" for n in cfg.continuous)]
+    totals: dict = {c: ({} if c.startswith("c:") else [0, 0.0, 0.0]) for c in columns}
+    parts = ds.select_columns(columns).map_batches(
+        label_counts(cfg.categorical, cfg.continuous), batch_format="numpy", batch_size=4096)
+    for row in parts.iter_rows():
+        for column, value in json.loads(row["stats"]).items():
+            if column.startswith("c:"):
+                for v, c in value.items():
+                    totals[column][v] = totals[column].get(v, 0) + c
+            else:
+                totals[column] = [a + b for a, b in zip(totals[column], value, strict=True)]
     specs = []
     for name in cfg.categorical:
-        values = [v for v in ds.unique(f"c:{name}") if v is not None]
-        if not values:
+        if not totals[f"c:{name}"]:
             raise ValueError(f"train-attr: no row of {cfg.data} has attribute {name!r}")
-        classes = sorted((json.loads(v) for v in values), key=lambda v: (str(type(v)), v))
+        classes = sorted((json.loads(v) for v in totals[f"c:{name}"]),
+                         key=lambda v: (str(type(v)), v))
         specs.append(AttributeSpec(name, CATEGORICAL, classes=classes))
     for name in cfg.continuous:
-        column = f"x:{name}"
-        mean, std = ds.mean(column, ignore_nulls=True), ds.std(column, ignore_nulls=True)
-        if mean is None:
+        n, total, squares = totals[f"x:{name}"]
+        if n == 0:
             raise ValueError(f"train-attr: no row of {cfg.data} has attribute {name!r}")
-        specs.append(AttributeSpec(name, CONTINUOUS, mean=float(mean), std=float(std or 0.0)))
+        mean = total / n
+        std = math.sqrt(max(squares - n * mean * mean, 0.0) / max(n - 1, 1))
+        specs.append(AttributeSpec(name, CONTINUOUS, mean=mean, std=std))
     return specs
 
 
@@ -150,7 +187,7 @@ def batch_targets(batch: dict, specs: list, device) -> dict:
     for spec in specs:
         if spec.kind == CATEGORICAL:
             index = {json.dumps(c): i for i, c in enumerate(spec.classes)}
-            y = [index.get(v, -1) if v is not None else -1 for v in batch[f"c:{spec.name}"]]
+            y = [index.get(v, -1) if isinstance(v, str) else -1 for v in batch[f"c:{spec.name}"]]
             targets[spec.name] = torch.as_tensor(y, dtype=torch.long, device=device)
         else:
             x = np.array([np.nan if v is None else v for v in batch[f"x:{spec.name}"]],
