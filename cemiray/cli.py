@@ -75,6 +75,9 @@ JOBS: dict[str, Job] = {
     "train-attr": Job("cemiray.train.attr", "TrainAttrConfig",
                       "train a face-attribute predictor (demographics, variation) on any "
                       "labelled set"),
+    "bench-gan": Job("cemiray.bench.gan", "BenchGANConfig",
+                     "benchmark: GAN identities' speed, realism, novelty and demographic "
+                     "control, measured by independent models"),
     "seeds": Job("cemiray.pipeline.seeds.job", "SeedsConfig",
                  "identity seeds: sources, uniqueness/leakage/quality filters, attribute quotas"),
     "experiment": Job("cemiray.apps.experiment.loop", "ExperimentConfig",

@@ -83,3 +83,20 @@ def score_predictor(model, source, resize: str = "stretch", limit: int | None = 
     scores = {s.name: score_attribute(s, pred[s.name], [truth_value(r, s.name) for r in rows])
               for s in model.specs}
     return {"images": len(rows), "attributes": scores}
+
+
+def cell_labeller(model, attributes, device: str | torch.device = "cpu"):
+    """images → each image's cell under `model`: its predicted `attributes` joined as seed
+    quotas name cells ("2", or "2,1" for group and sex)."""
+    from cemiray.eval.seed_quotas import cell_key
+
+    missing = [a for a in attributes if a not in {s.name for s in model.specs}]
+    if missing:
+        raise ValueError(f"the attribute predictor does not predict {missing} (it predicts "
+                         f"{[s.name for s in model.specs]})")
+
+    def cells_of(images: np.ndarray) -> list[str]:
+        pred = predict_images(model, images, device=device)
+        return [cell_key(v) for v in zip(*(pred[a] for a in attributes), strict=True)]
+
+    return cells_of

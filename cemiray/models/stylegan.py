@@ -243,6 +243,13 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     return out
 
 
+def seed_latents(seeds: Sequence[int], z_dim: int) -> tuple[list[torch.Generator], torch.Tensor]:
+    """Each seed's CPU generator (after drawing its z) and the z rows, N×z_dim: sample k of a
+    set is a function of its seed alone, whatever batch it is drawn in."""
+    gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    return gens, torch.stack([torch.randn(z_dim, generator=g) for g in gens])
+
+
 def sample_gan(generator: Generator, seeds: Sequence[int], truncation: float = 1.0,
                noise_mode: str = "const", batch_size: int = 64,
                device: str | torch.device = "cpu") -> np.ndarray:
@@ -258,8 +265,8 @@ def sample_gan(generator: Generator, seeds: Sequence[int], truncation: float = 1
     z_dim, out = generator.preset.z_dim, []
     with torch.no_grad():
         for start in range(0, len(seeds), int(batch_size)):
-            gens = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:start + batch_size]]
-            z = torch.stack([torch.randn(z_dim, generator=g) for g in gens]).to(device)
+            gens, z = seed_latents(seeds[start:start + batch_size], z_dim)
+            z = z.to(device)
             ws = generator.styles(z, psi)
             img = generator.synthesis(ws, noise_mode, gens if noise_mode == "random" else None)
             out.append(pixels.to_numpy(img.float().clamp(-1, 1)))

@@ -96,6 +96,11 @@ INPUTS: dict[str, tuple[Input, ...]] = {
                          Input("generator", PIPELINE)),
     "RenderConfig": (),
     "BenchUNetConfig": (),
+    "BenchGANConfig": (Input("gan", PATH), Input("uncond", UNCOND), Input("judge", MODEL),
+                       Input("attributes", PATH), Input("attributes_judge", PATH),
+                       Input("generator", PIPELINE), Input("recognizer", MODEL),
+                       Input("real", SOURCE), Input("real_floor", SOURCE),
+                       Input("train_data", SOURCE)),
     "BenchGenerateConfig": (),
 }
 

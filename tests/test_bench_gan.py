@@ -1,0 +1,154 @@
+"""The GAN benchmark's parts: set metrics against known answers, class-conditional truncation
+in W, and one small bench-gan run end to end on a tiny GAN, tiny attribute predictors and the
+shipped judge, E_id and CemiFace generator (figures checked for consistency, not quality)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cemiray.bench.gan import BenchGANConfig, run
+from cemiray.eval.set_metrics import (
+    centre_similarity,
+    fisher_ratio,
+    frechet_distance,
+    shares,
+    total_variation,
+)
+from cemiray.models.attributes import AttributeNet, AttributeSpec, save_attribute_model
+from cemiray.models.stylegan import Generator
+from cemiray.models.stylegan_io import save_gan
+from cemiray.models.stylegan_targets import cell_centroids, mapped, render, sample_cell
+
+TINY = {"image_size": 16, "channels": (32, 16, 8), "z_dim": 32, "w_dim": 32}
+
+
+def tiny_gan() -> Generator:
+    torch.manual_seed(3)
+    gen = Generator("compact", **TINY).eval()
+    with torch.no_grad():
+        gen.mapping.w_avg.normal_()
+    return gen
+
+
+def test_frechet_distance_of_gaussians_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(20000, 4)), rng.normal(size=(20000, 4)) * 2 + 1
+    # N(0, I) vs N(1, 4I): |μ|² = 4, tr = 4 + 16 − 2·tr((4I)^½) = 20 − 16 = 4 → 8
+    assert frechet_distance(a, b) == pytest.approx(8.0, rel=0.03)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="same D"):
+        frechet_distance(a, b[:, :3])
+
+
+def test_fisher_ratio_and_centre_similarity_on_planted_identities():
+    rng = np.random.default_rng(1)
+    centres = np.eye(8)[:4]  # four orthogonal identities
+    labels = np.repeat(np.arange(4), 50)
+    tight = centres[labels] + 0.05 * rng.normal(size=(200, 8))
+    loose = centres[labels] + 0.5 * rng.normal(size=(200, 8))
+    assert fisher_ratio(tight, labels) > 10 * fisher_ratio(loose, labels)
+    sim = centre_similarity(tight, labels)
+    assert sim["identities"] == 4 and abs(sim["mean"]) < 0.05 and sim["max"] < 0.1
+    with pytest.raises(ValueError, match="≥ 2 images"):
+        fisher_ratio(tight[:5], np.arange(5))
+
+
+def test_total_variation_and_shares():
+    assert total_variation({"a": 0.5, "b": 0.5}, {"a": 1.0}) == pytest.approx(0.5)
+    assert total_variation({"a": 2, "b": 2}, {"a": 0.5, "b": 0.5}) == pytest.approx(0.0)
+    assert shares([1, 1, 2, 3]) == {"1": 0.5, "2": 0.25, "3": 0.25}
+
+
+def test_conditional_truncation_pulls_toward_the_cell_and_rejects_the_rest():
+    gen = tiny_gan()
+
+    def brightness_cell(images: np.ndarray) -> list[str]:  # a plain rule as the "classifier"
+        return ["bright" if im.mean() > 127 else "dark" for im in images]
+
+    found = cell_centroids(gen, brightness_cell, list(range(200)))
+    assert set(found) <= {"bright", "dark"} and sum(f["count"] for f in found.values()) == 200
+    cell = max(found, key=lambda c: found[c]["count"])
+    centroid = found[cell]["w"]
+    # ψ = 0: every seed becomes the centroid's image
+    images, ok, cells = sample_cell(gen, brightness_cell, cell, centroid, [5, 6, 7], psi=0.0)
+    assert np.array_equal(images[0], images[1]) and np.array_equal(images[1], images[2])
+    assert list(ok) == [c == cell for c in cells]
+    # ψ = 1: the seeds' own w, untouched
+    w = mapped(gen, [5, 6])
+    images, _, _ = sample_cell(gen, brightness_cell, cell, centroid, [5, 6], psi=1.0)
+    assert np.array_equal(images, render(gen, w))
+    with pytest.raises(ValueError, match="truncation"):
+        sample_cell(gen, brightness_cell, cell, centroid, [5], psi=1.5)
+
+
+def attribute_model(url: str, seed: int) -> str:
+    torch.manual_seed(seed)
+    net = AttributeNet({"name": "iresnet18", "input_size": 16, "num_features": 8, "width": 4},
+                       [AttributeSpec("group", "categorical", classes=[0, 1, 2, 3])])
+    with torch.no_grad():
+        net.heads["group"].bias.copy_(torch.tensor([0.0, 0.1, -0.1, 0.05]))
+    save_attribute_model(net.eval(), url)
+    return url
+
+
+def test_bench_gan_end_to_end_on_tiny_models(tmp_path):
+    gan = save_gan(str(tmp_path / "gan"), tiny_gan(), meta={"step": 0})
+    selector = attribute_model(str(tmp_path / "sel"), 1)
+    measurer = attribute_model(str(tmp_path / "judge"), 2)
+    from cemiray.eval.attributes import cell_labeller
+    from cemiray.models.attributes import load_attribute_model
+
+    seen = cell_centroids(tiny_gan(), cell_labeller(load_attribute_model(selector), ["group"]),
+                          [500_000 + k for k in range(40)])
+    common = sorted(seen, key=lambda c: -seen[c]["count"])[:2]
+    target = {common[0]: 0.5, common[1]: 0.5} if len(common) == 2 else {common[0]: 1.0}
+    results = tmp_path / "gan.json"
+    cfg = BenchGANConfig(
+        out=str(tmp_path / "bench"), results=str(results), gan=gan, attributes=selector,
+        attributes_judge=measurer, samples=24, speed_images=8, ddpm_steps=2, repeats=1,
+        real="toyfaces:?seed=0&ids=40000-40023&samples=1&size=32",
+        real_floor="toyfaces:?seed=0&ids=42000-42023&samples=1&size=32",
+        train_data="toyfaces:?seed=0&ids=20000-20009&samples=2&size=32",
+        target=target, identities=4, calibration=40, generated_identities=4,
+        images_per_identity=2, truncations=[1.0, 0.5])
+    figures = run(cfg)
+    saved = json.loads(results.read_text())
+    assert saved["figures"]["speed"]["ratio"] == pytest.approx(figures["speed"]["ratio"])
+    speed = figures["speed"]
+    assert speed["ratio"] > 1 and speed["gan_images"] == 8 and not speed["ddpm_trained"]
+    realism = figures["realism"]
+    assert realism["frechet_real_vs_real"] > 0 and set(realism["gan"]) == {"1.0", "0.5"}
+    for v in realism["gan"].values():
+        assert v["frechet_over_floor"] == pytest.approx(v["frechet"] / realism[
+            "frechet_real_vs_real"])
+        assert 0 <= v["quality_pass"] <= 1
+    novelty = figures["novelty"]
+    assert novelty["training_identities"] == 10
+    assert novelty["real_unseen"]["max"] <= 1 and "gan_0.5" in novelty
+    demo = figures["demographics"]
+    assert demo["identities"] == 4 and demo["draws"] >= 4
+    assert demo["rejection_rate"] == pytest.approx(1 - 4 / demo["draws"])
+    assert demo["total_variation"] == pytest.approx(total_variation(
+        target, demo["achieved_by_judge"]))
+    gen = demo["generated_gan"]
+    assert gen["images"] == gen["identities"] * 2 and 0 <= gen["group_kept_share"] <= 1
+    assert demo["generated_real"]["identities"] == gen["identities"]
+
+
+def test_an_impossible_target_cell_is_refused_before_sampling(tmp_path):
+    gan = save_gan(str(tmp_path / "gan"), tiny_gan(), meta={"step": 0})
+    cfg = BenchGANConfig(
+        out=str(tmp_path / "bench"), gan=gan, attributes=attribute_model(str(tmp_path / "a"), 1),
+        attributes_judge=attribute_model(str(tmp_path / "b"), 2), target={"7": 1.0},
+        calibration=16, identities=4)
+    from cemiray.bench.gan_targets import fill_target
+    from cemiray.eval.attributes import cell_labeller
+    from cemiray.models.attributes import load_attribute_model
+
+    cells_of = cell_labeller(load_attribute_model(cfg.attributes), ["group"])
+    with pytest.raises(ValueError, match=r"target cells \['7'\] never appear"):
+        fill_target(cfg, tiny_gan(), cells_of, cfg.target)
