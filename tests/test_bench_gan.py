@@ -18,7 +18,7 @@ from cemiray.eval.set_metrics import (
     shares,
     total_variation,
 )
-from cemiray.models.attributes import AttributeNet, AttributeSpec, save_attribute_model
+from cemiray.models.attributes import AttributeSpec, save_attribute_model
 from cemiray.models.stylegan import Generator
 from cemiray.models.stylegan_io import save_gan
 from cemiray.models.stylegan_targets import cell_centroids, mapped, render, sample_cell
@@ -86,12 +86,11 @@ def test_conditional_truncation_pulls_toward_the_cell_and_rejects_the_rest():
 
 
 def attribute_model(url: str, seed: int) -> str:
-    torch.manual_seed(seed)
-    net = AttributeNet({"name": "iresnet18", "input_size": 16, "num_features": 8, "width": 4},
-                       [AttributeSpec("group", "categorical", classes=[0, 1, 2, 3])])
-    with torch.no_grad():
-        net.heads["group"].bias.copy_(torch.tensor([0.0, 0.1, -0.1, 0.05]))
-    save_attribute_model(net.eval(), url)
+    from test_seeds_gan_condition import varied_predictor
+
+    net = varied_predictor(tiny_gan(), [AttributeSpec("group", "categorical",
+                                                      classes=[0, 1, 2, 3])], seed)
+    save_attribute_model(net, url)
     return url
 
 

@@ -46,13 +46,13 @@ def ray_head(tmp_path_factory):
          "--num-cpus=2", "--object-store-memory=300000000", f"--temp-dir={temp}",
          "--disable-usage-stats", *own_ports],
         env=env, cwd=temp, start_new_session=True,
-        stdout=open(temp / "head.log", "w"), stderr=subprocess.STDOUT,
+        stdout=open(temp / "head.log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 (the head outlives this call)
     )
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + HEAD_START_S
     while time.time() < deadline:
         probe = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address],
-                               env=env, capture_output=True, text=True)
+                               env=env, capture_output=True, text=True, check=False)
         if probe.returncode == 0:
             break
         if head.poll() is not None:
@@ -79,7 +79,7 @@ def submit(address: str, env: dict, entrypoint: list[str], timeout: int = 400):
         sub = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
              "--no-wait", "--", *entrypoint],
-            env=env, capture_output=True, text=True, timeout=120,
+            env=env, capture_output=True, text=True, timeout=120, check=False,
         )
         if sub.returncode == 0 or "No available agent" not in sub.stderr:
             break
@@ -90,13 +90,13 @@ def submit(address: str, env: dict, entrypoint: list[str], timeout: int = 400):
     status = ""
     while time.time() < deadline:
         probe = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id],
-                               env=env, capture_output=True, text=True)
+                               env=env, capture_output=True, text=True, check=False)
         status = (probe.stdout + probe.stderr).lower()
         if any(f"' {s}" in status for s in ("succeeded", "failed", "stopped")):
             break
         time.sleep(3)
     logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id],
-                          env=env, capture_output=True, text=True).stdout
+                          env=env, capture_output=True, text=True, check=False).stdout
     return status, logs
 
 

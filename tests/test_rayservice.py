@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_rayservice_is_generated_from_the_serve_config():
     check = subprocess.run([sys.executable, str(ROOT / "cluster" / "make_rayservice.py"), "--check"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
 
 

@@ -58,8 +58,8 @@ def random_erasing(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.
     area = 0.02 + 0.18 * torch.rand(n, generator=gen)
     aspect = torch.exp((torch.rand(n, generator=gen) * 2 - 1) * 1.2)
     for i in torch.nonzero(apply).flatten().tolist():
-        eh = max(1, min(h, int(round((area[i] * h * w * aspect[i]).sqrt().item()))))
-        ew = max(1, min(w, int(round((area[i] * h * w / aspect[i]).sqrt().item()))))
+        eh = max(1, min(h, round((area[i] * h * w * aspect[i]).sqrt().item())))
+        ew = max(1, min(w, round((area[i] * h * w / aspect[i]).sqrt().item())))
         top = int(torch.randint(0, h - eh + 1, (1,), generator=gen))
         left = int(torch.randint(0, w - ew + 1, (1,), generator=gen))
         noise = torch.rand(x.shape[1], eh, ew, generator=gen) * 2 - 1

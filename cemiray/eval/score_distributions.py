@@ -12,6 +12,7 @@ mated pairs.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ def mated_nonmated_scores(
     order = np.argsort(ids, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)])
     mated = []
-    for start, stop in zip(starts[:-1], starts[1:], strict=True):
+    for start, stop in itertools.pairwise(starts):
         members = e[order[start:stop]]
         gram = members @ members.T
         mated.append(gram[np.triu_indices(len(members), k=1)])

@@ -15,6 +15,7 @@ of the training folds is interpolated linearly at the target FAR, as their
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +42,7 @@ def kfold_splits(n: int, n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
     indices = np.arange(n)
     return [
         (np.concatenate([indices[:start], indices[stop:]]), indices[start:stop])
-        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+        for start, stop in itertools.pairwise(bounds)
     ]
 
 

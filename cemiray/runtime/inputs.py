@@ -89,7 +89,7 @@ INPUTS: dict[str, tuple[Input, ...]] = {
                        Input("leakage_audit", FILE)),
     "SeedsConfig": (Input("recognizer", MODEL), Input("judge", MODEL), Input("inquiry", SOURCE),
                     Input("embedding_files", PATH), Input("generator", UNCOND),
-                    Input("gan", PATH),
+                    Input("gan", PATH), Input("attribute_model", PATH),
                     Input("leakage_data", SOURCE), Input("leakage_centres", PATH),
                     Input("probe_data", SOURCE)),
     "ExperimentConfig": (Input("recognizer", MODEL), Input("judge", MODEL),

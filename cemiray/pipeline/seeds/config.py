@@ -45,6 +45,17 @@ class SeedsConfig(JobConfig):
     truncation: float = Field(1.0, ge=0, le=1, description="the gan's truncation psi: "
                               "w = w_avg + psi (w - w_avg); 1: none, lower trades identity "
                               "diversity for cleaner faces")
+    gan_condition: bool = Field(False, description="fill the quotas from the gan by "
+                                "class-conditional truncation: each sample's w is pulled toward "
+                                "its target cell's mean w (needs attribute_model and quotas)")
+    gan_condition_psi: float = Field(0.7, ge=0, le=1, description="pull toward the cell: "
+                                     "w = c + psi (w - c); 1: none")
+    gan_calibration: int = Field(2000, ge=10, description="gan samples (noise seeds from "
+                                 "2**40) that locate each cell in W")
+    attribute_model: str | None = Field(None, description="attribute predictor folder "
+                                        "(`cemiray train-attr`): predicts the attributes a "
+                                        "candidate lacks (gan and generator samples, unlabelled "
+                                        "data) from its image, before any probe")
     attributes: list[str] = Field(default_factory=lambda: ["group", "age", "sex"],
                                   description="attribute columns carried into the table")
     order: Literal["given", "interleaved", "shuffled"] = Field(
@@ -104,6 +115,12 @@ class SeedsConfig(JobConfig):
             raise ValueError("give generator together with generator_samples > 0")
         if bool(self.gan) != (self.gan_samples > 0):
             raise ValueError("give gan together with gan_samples > 0")
+        if self.gan_condition and not (self.gan and self.attribute_model and self.quotas):
+            raise ValueError("gan_condition fills quotas from the gan: give gan, "
+                             "attribute_model and quotas")
+        if self.gan_condition and len(self.quotas) != 1:
+            raise ValueError(f"gan_condition pulls each sample toward one cell: give one quota "
+                             f"(a joint one for several attributes), got {sorted(self.quotas)}")
         if self.leakage_data and self.leakage_centres:
             raise ValueError("give leakage_data or leakage_centres, not both")
         if self.quotas and self.num_identities is None:
@@ -140,6 +157,7 @@ class SeedsConfig(JobConfig):
             "judge": None if judge == recognizer else judge,
             "generator": storage.absolute(self.generator),
             "gan": storage.absolute(self.gan),
+            "attribute_model": storage.absolute(self.attribute_model),
             "leakage_centres": storage.absolute(self.leakage_centres),
             "embedding_files": [storage.absolute(u) for u in self.embedding_files],
         })

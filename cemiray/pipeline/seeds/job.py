@@ -49,6 +49,8 @@ class Inputs:
     parts: list[Any]
     sources: list[dict]
     references: list[dict]
+    gan_cells: dict[str, list[float]] | None = None  # gan_condition: each cell's mean w
+    gan_report: dict | None = None
 
 
 def open_inputs(cfg: SeedsConfig) -> Inputs:
@@ -68,13 +70,27 @@ def open_inputs(cfg: SeedsConfig) -> Inputs:
         from cemiray.models.stylegan_io import load_gan
 
         load_gan(cfg.gan)
+    if cfg.attribute_model:
+        from cemiray.models.attributes import load_attribute_model
+
+        predicts = {s.name for s in load_attribute_model(cfg.attribute_model).specs}
+        quoted = {a for names in cfg.quotas for a in names.split(",")}
+        if cfg.gan_condition and not quoted <= predicts:
+            raise ValueError(f"gan_condition: {cfg.attribute_model} does not predict "
+                             f"{sorted(quoted - predicts)} (it predicts {sorted(predicts)})")
+    gan_cells = gan_report = None
+    if cfg.gan_condition:
+        from cemiray.pipeline.seeds.gan_condition import locate_cells
+
+        gan_cells, gan_report = locate_cells(cfg)
     centres = centre_labels = None
     if cfg.leakage_centres:
         centres, centre_labels = read_centres_file(cfg.leakage_centres, space_dim)
     inquiry, leakage, probe = cfg.sources()
     parts, sources, references = plan_sources(cfg, inquiry, leakage, probe,
                                               [len(f[0]) for f in files])
-    return Inputs(dim, files, centres, centre_labels, parts, sources, references)
+    return Inputs(dim, files, centres, centre_labels, parts, sources, references, gan_cells,
+                  gan_report)
 
 
 def embed_candidates(cfg: SeedsConfig, inputs: Inputs):
@@ -87,7 +103,8 @@ def embed_candidates(cfg: SeedsConfig, inputs: Inputs):
     sums = probe = None
     if inputs.parts or cfg.generator or cfg.gan:
         init_ray(cfg.ray)
-        sums, probe = consume(build_dataset(cfg, inputs.parts, inputs.sources), candidates)
+        sums, probe = consume(build_dataset(cfg, inputs.parts, inputs.sources,
+                                            inputs.gan_cells), candidates)
     centres, centre_labels = inputs.centres, inputs.centre_labels
     if cfg.leakage_data:
         if sums is None:
@@ -121,7 +138,7 @@ def run(cfg: SeedsConfig) -> dict:
 
     report = build_report(cfg, data, inputs.sources, inputs.references, filtered,
                           0 if centres is None else len(centres),
-                          {"embedding_pass": t_embed, "filters": t_filter})
+                          {"embedding_pass": t_embed, "filters": t_filter}, inputs.gan_report)
     report_url = write_outputs(cfg, data, inputs.sources, report, filtered, inputs.dim, t0)
     print_summary(report)
     return {"table": report["table"], "report": report_url, "kept": len(filtered.kept),

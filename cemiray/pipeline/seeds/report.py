@@ -21,6 +21,7 @@ from cemiray.data import storage
 from cemiray.eval.seed_filters import OUTCOMES, summary_stats
 from cemiray.pipeline.generate.job import OUTPUT_COLUMNS
 from cemiray.pipeline.seeds.config import SeedsConfig
+from cemiray.pipeline.seeds.gan_condition import condition_report
 from cemiray.pipeline.seeds.plan import ROLE_NAMES
 from cemiray.pipeline.seeds.select import Filtered
 from cemiray.pipeline.seeds.table import read_seed_table, write_seed_table
@@ -42,7 +43,7 @@ def _source_counts(rows: np.ndarray, source: np.ndarray, sources: list[dict]) ->
 
 def build_report(cfg: SeedsConfig, data: dict[str, Any], sources: list[dict],
                  references: list[dict], f: Filtered, num_centres: int,
-                 seconds: dict[str, float]) -> dict:
+                 seconds: dict[str, float], gan_calibration: dict | None = None) -> dict:
     """The report: counts per stage, per source, leakage audit, quotas, probe accuracy."""
     n, kept = len(data["index"]), f.kept
     counts = f.selection.counts()
@@ -90,6 +91,8 @@ def build_report(cfg: SeedsConfig, data: dict[str, Any], sources: list[dict],
         "quotas": quota_reports,
         "probe": f.probe_report,
         "attributes_from": dict(Counter(f.origin[i] for i in kept)),
+        "gan_condition": condition_report(gan_calibration, data["attrs"], cfg.gan_condition_psi)
+        if gan_calibration else None,
         "num_identities": cfg.num_identities,
         "target_reached": bool(cfg.num_identities is None or len(kept) == cfg.num_identities),
         "quotas_filled": bool(all(r["filled"] for r in quota_reports)),

@@ -3,7 +3,8 @@
 Candidates are seen in the sources' order, the sources taken in turn, or a seeded shuffle:
 quality (raw norm within bounds), leakage (max cosine to a training centre < τ), then greedy
 uniqueness under the judge together with the attribute quotas, until `num_identities` seeds
-are kept (cemiray.eval.seed_filters, blockwise). Missing attributes are predicted by a probe."""
+are kept (cemiray.eval.seed_filters, blockwise). Attributes a candidate lacks come from the
+attribute model (in the embedder actors), else from a probe on embeddings."""
 
 from __future__ import annotations
 
@@ -65,9 +66,10 @@ def fill_attributes(cfg: SeedsConfig, attrs: list[dict], embedding: np.ndarray,
         report[name]["predicted"] = len(missing)
     origin = []
     for row, names in zip(attrs, probed, strict=True):
-        own = any(not _missing(row.get(a)) for a in cfg.attributes)
-        origin.append("+".join(k for k, on in (("source", own), ("probe", bool(names))) if on)
-                      or "none")
+        modelled = set(row.get("_from_model", ()))
+        own = any(not _missing(row.get(a)) and a not in modelled for a in cfg.attributes)
+        origin.append("+".join(k for k, on in (("source", own), ("model", bool(modelled)),
+                                               ("probe", bool(names))) if on) or "none")
     return columns, origin, report
 
 
