@@ -21,7 +21,7 @@ from cemiray.eval.set_metrics import (
 from cemiray.models.attributes import AttributeSpec, save_attribute_model
 from cemiray.models.stylegan import Generator
 from cemiray.models.stylegan_io import save_gan
-from cemiray.models.stylegan_targets import cell_centroids, mapped, render, sample_cell
+from cemiray.models.stylegan_targets import cell_centroids, mapped, pulled, render
 
 TINY = {"image_size": 16, "channels": (32, 16, 8), "z_dim": 32, "w_dim": 32}
 
@@ -63,7 +63,7 @@ def test_total_variation_and_shares():
     assert shares([1, 1, 2, 3]) == {"1": 0.5, "2": 0.25, "3": 0.25}
 
 
-def test_conditional_truncation_pulls_toward_the_cell_and_rejects_the_rest():
+def test_conditional_truncation_pulls_toward_the_cell():
     gen = tiny_gan()
 
     def brightness_cell(images: np.ndarray) -> list[str]:  # a plain rule as the "classifier"
@@ -71,18 +71,25 @@ def test_conditional_truncation_pulls_toward_the_cell_and_rejects_the_rest():
 
     found = cell_centroids(gen, brightness_cell, list(range(200)))
     assert set(found) <= {"bright", "dark"} and sum(f["count"] for f in found.values()) == 200
+    w = mapped(gen, range(200))
+    for cell, f in found.items():
+        rows = torch.as_tensor([c == cell for c in brightness_cell(render(gen, w))])
+        assert torch.allclose(f["w"], w[rows].mean(0), atol=1e-5)
     cell = max(found, key=lambda c: found[c]["count"])
-    centroid = found[cell]["w"]
-    # ψ = 0: every seed becomes the centroid's image
-    images, ok, cells = sample_cell(gen, brightness_cell, cell, centroid, [5, 6, 7], psi=0.0)
+    centroid = found[cell]["w"][None].repeat(3, 1)
+    # ψ = 0: every seed becomes the centroid's image; ψ = 1: the seeds' own w, untouched
+    images = pulled(gen, [5, 6, 7], centroid, psi=0.0)
     assert np.array_equal(images[0], images[1]) and np.array_equal(images[1], images[2])
-    assert list(ok) == [c == cell for c in cells]
-    # ψ = 1: the seeds' own w, untouched
-    w = mapped(gen, [5, 6])
-    images, _, _ = sample_cell(gen, brightness_cell, cell, centroid, [5, 6], psi=1.0)
-    assert np.array_equal(images, render(gen, w))
+    assert np.array_equal(pulled(gen, [5, 6], centroid[:2], psi=1.0),
+                          render(gen, mapped(gen, [5, 6])))
+    # a pull halfway moves the share landing in the cell up
+    seeds = list(range(1000, 1200))
+    before = np.mean([c == cell for c in brightness_cell(render(gen, mapped(gen, seeds)))])
+    after = np.mean([c == cell for c in brightness_cell(
+        pulled(gen, seeds, found[cell]["w"][None].repeat(200, 1), psi=0.5))])
+    assert after > before
     with pytest.raises(ValueError, match="truncation"):
-        sample_cell(gen, brightness_cell, cell, centroid, [5], psi=1.5)
+        pulled(gen, [5], centroid[:1], psi=1.5)
 
 
 def attribute_model(url: str, seed: int) -> str:
@@ -94,17 +101,19 @@ def attribute_model(url: str, seed: int) -> str:
     return url
 
 
-def test_bench_gan_end_to_end_on_tiny_models(tmp_path):
+def test_bench_gan_end_to_end_on_tiny_models(ray_cluster, tmp_path):
     gan = save_gan(str(tmp_path / "gan"), tiny_gan(), meta={"step": 0})
     selector = attribute_model(str(tmp_path / "sel"), 1)
     measurer = attribute_model(str(tmp_path / "judge"), 2)
     from cemiray.eval.attributes import cell_labeller
     from cemiray.models.attributes import load_attribute_model
+    from cemiray.pipeline.seeds.gan_condition import CALIBRATION_SEED
 
     seen = cell_centroids(tiny_gan(), cell_labeller(load_attribute_model(selector), ["group"]),
-                          [500_000 + k for k in range(40)])
+                          [CALIBRATION_SEED + k for k in range(40)])
     common = sorted(seen, key=lambda c: -seen[c]["count"])[:2]
-    target = {common[0]: 0.5, common[1]: 0.5} if len(common) == 2 else {common[0]: 1.0}
+    assert len(common) == 2
+    target = {common[0]: 0.5, common[1]: 0.5}
     results = tmp_path / "gan.json"
     cfg = BenchGANConfig(
         out=str(tmp_path / "bench"), results=str(results), gan=gan, attributes=selector,
@@ -112,8 +121,8 @@ def test_bench_gan_end_to_end_on_tiny_models(tmp_path):
         real="toyfaces:?seed=0&ids=40000-40023&samples=1&size=32",
         real_floor="toyfaces:?seed=0&ids=42000-42023&samples=1&size=32",
         train_data="toyfaces:?seed=0&ids=20000-20009&samples=2&size=32",
-        target=target, identities=4, calibration=40, generated_identities=4,
-        images_per_identity=2, truncations=[1.0, 0.5])
+        target=target, identities=8, overshoot=2, project_to=80, calibration=40,
+        generated_identities=4, images_per_identity=2, truncations=[1.0, 0.5])
     figures = run(cfg)
     saved = json.loads(results.read_text())
     assert saved["figures"]["speed"]["ratio"] == pytest.approx(figures["speed"]["ratio"])
@@ -129,25 +138,32 @@ def test_bench_gan_end_to_end_on_tiny_models(tmp_path):
     assert novelty["training_identities"] == 10
     assert novelty["real_unseen"]["max"] <= 1 and "gan_0.5" in novelty
     demo = figures["demographics"]
-    assert demo["identities"] == 4 and demo["draws"] >= 4
-    assert demo["rejection_rate"] == pytest.approx(1 - 4 / demo["draws"])
-    assert demo["total_variation"] == pytest.approx(total_variation(
-        target, demo["achieved_by_judge"]))
+    cond, rej = demo["conditional"], demo["rejection_only"]
+    assert cond["candidates"] == rej["candidates"] == 16
+    assert cond["gan_condition"]["aimed"] == 16 and rej["gan_condition"] is None
+    for part in (cond, rej):
+        assert part["kept"] <= 8
+        assert part["rejection_rate"] == pytest.approx(1 - part["kept"] / 16)
+        if part["kept"]:
+            assert part["total_variation"] == pytest.approx(total_variation(
+                target, part["achieved_by_judge"]))
+            assert set(part["achieved_by_selector"]) <= set(target)
+    projected = demo["projection"]
+    assert projected["identities"] == 80 and projected["candidates"] == 160
+    assert set(projected["measured"]) == {"4", "8"}
     gen = demo["generated_gan"]
     assert gen["images"] == gen["identities"] * 2 and 0 <= gen["group_kept_share"] <= 1
     assert demo["generated_real"]["identities"] == gen["identities"]
 
 
-def test_an_impossible_target_cell_is_refused_before_sampling(tmp_path):
+def test_an_unreachable_target_cell_is_refused_before_sampling(ray_cluster, tmp_path):
     gan = save_gan(str(tmp_path / "gan"), tiny_gan(), meta={"step": 0})
     cfg = BenchGANConfig(
         out=str(tmp_path / "bench"), gan=gan, attributes=attribute_model(str(tmp_path / "a"), 1),
         attributes_judge=attribute_model(str(tmp_path / "b"), 2), target={"7": 1.0},
-        calibration=16, identities=4)
-    from cemiray.bench.gan_targets import fill_target
-    from cemiray.eval.attributes import cell_labeller
-    from cemiray.models.attributes import load_attribute_model
+        calibration=16, identities=4, samples=10)
+    from cemiray.bench.gan_targets import demographics
 
-    cells_of = cell_labeller(load_attribute_model(cfg.attributes), ["group"])
-    with pytest.raises(ValueError, match=r"target cells \['7'\] never appear"):
-        fill_target(cfg, tiny_gan(), cells_of, cfg.target)
+    with pytest.raises(ValueError, match=r"cell\(s\) \['7'\] never appear"):
+        demographics(cfg, tiny_gan(), {})
+    assert not (tmp_path / "bench" / "seeds_small").exists()

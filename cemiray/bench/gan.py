@@ -15,11 +15,13 @@ Parts (one JSON, `OUT/bench_gan.json`):
   judge feature norm reaches the real images' 1st percentile (the seeds job's quality proxy);
 - novelty: each sample's highest judge similarity to the centres of the GAN's training
   identities, against the same for real faces of identities nobody trained on;
-- demographics (cemiray.bench.gan_targets): a target over ToyFaces groups filled by
-  class-conditional truncation in W with the selection classifier, measured by the
-  independent classifier (other identities, other architecture), with the rejection rate;
-  then the CemiFace generator's images of the kept identities: the share that keep their
-  identity's group, their separability (Fisher ratio) and centre similarity in judge space."""
+- demographics (cemiray.bench.gan_targets): `cemiray seeds` fills a target over ToyFaces
+  groups from GAN samples aimed by class-conditional truncation (and by rejection alone, for
+  comparison), labelled by the selection classifier and measured by the independent one
+  (other identities, other architecture), with the rejection rate and the seeds job's time
+  projected to 10K identities; then the CemiFace generator's images of kept identities: the
+  share that keep their identity's group, their separability (Fisher ratio) and centre
+  similarity in judge space."""
 
 from __future__ import annotations
 
@@ -66,7 +68,10 @@ class BenchGANConfig(JobConfig):
     attribute: str = Field("group", description="the demographic attribute of the target")
     target: dict[str, float] | None = Field(None, description="target shares per value; "
                                             "default: uniform over the values the predictor has")
-    identities: int = Field(400, ge=4, description="identities filled to the target")
+    identities: int = Field(1000, ge=4, description="identities the seeds job fills to the "
+                            "target (a run of half as many gives the projection's slope)")
+    overshoot: float = Field(1.5, ge=1, description="GAN candidates per kept identity")
+    project_to: int = Field(10000, ge=1, description="identities the seeds time is projected to")
     condition_psi: float = Field(0.7, ge=0, le=1, description="pull toward the cell's centroid")
     calibration: int = Field(2000, ge=10, description="samples that locate the cells in W")
     generated_identities: int = Field(48, ge=2, description="kept identities given to CemiFace")

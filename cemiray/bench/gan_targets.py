@@ -1,46 +1,68 @@
 """bench-gan's demographic part (bench): a target filled from the GAN, and what CemiFace keeps.
 
-The selection classifier locates each cell in W (cemiray.models.stylegan_targets) and accepts
-or rejects each pulled draw; the independent classifier (other identities, another trunk)
-measures the kept set against the target. Then the CemiFace generator makes
+`cemiray seeds` fills the target from GAN samples: with gan_condition, each sample aimed at a
+cell by class-conditional truncation (cemiray.pipeline.seeds.gan_condition), and, for
+comparison, by rejection alone from as many unconditional samples; the selection classifier
+labels the candidates, the independent classifier (other identities, another trunk) measures
+the kept set against the target. Two sizes give the seeds job's time projected to
+`project_to` identities. Then the CemiFace generator makes
 `images_per_identity` images of some kept identities (conditioned by E_id's embedding of the
 GAN image) and of as many real unseen identities: the independent classifier says how many keep
 their identity's group, the judge how separable the identities are."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from cemiray.bench.gan_quality import judged, source_images
+from cemiray.data import storage
 
 
-def fill_target(cfg, gan, cells_of, target: dict[str, float]) -> dict:
-    """Per cell: the kept images (count from the target), the draws it took."""
-    from cemiray.eval.seed_quotas import largest_remainder
-    from cemiray.models.stylegan_targets import cell_centroids, sample_cell
+def seeds_run(cfg, target: dict[str, float], identities: int, condition: bool,
+              out: str) -> dict:
+    """One `cemiray seeds` run that fills `target` from GAN samples (aimed at the cells with
+    `condition`, else rejection only): its report and the kept images and groups."""
+    from cemiray.data.images import decode_image
+    from cemiray.pipeline.seeds.job import SeedsConfig
+    from cemiray.pipeline.seeds.job import run as run_seeds
+    from cemiray.pipeline.seeds.table import read_seed_table
 
-    calibration = [cfg.seed * 1_000_000 + 500_000 + k for k in range(cfg.calibration)]
-    found = cell_centroids(gan, cells_of, calibration)
-    cells = list(target)
-    missing = [c for c in cells if c not in found]
-    if missing:
-        raise ValueError(f"target cells {missing} never appear among {cfg.calibration} GAN "
-                         f"samples (found {sorted(found)}): no sample can fill them")
-    counts = largest_remainder([target[c] for c in cells], cfg.identities)
-    kept: dict[str, dict] = {}
-    for number, (cell, count) in enumerate(zip(cells, counts, strict=True)):
-        images, draws, start = [], 0, (number + 1) * 10_000_000 + cfg.seed * 1_000_000
-        while sum(len(i) for i in images) < count:
-            if draws > 50 * count + 1000:
-                raise RuntimeError(f"cell {cell!r}: {draws} draws kept fewer than {count}")
-            seeds = list(range(start + draws, start + draws + 64))
-            got, ok, _ = sample_cell(gan, cells_of, cell, found[cell]["w"], seeds,
-                                     cfg.condition_psi)
-            images.append(got[ok])
-            draws += len(seeds)
-        kept[cell] = {"images": np.concatenate(images)[:count], "draws": draws,
-                      "count": int(count)}
-    return {"found": found, "kept": kept}
+    samples = int(np.ceil(identities * cfg.overshoot))
+    result = run_seeds(SeedsConfig(
+        out=out, recognizer=cfg.recognizer, inquiry=[], gan=cfg.gan, gan_samples=samples,
+        generator_seed=cfg.seed * 1_000_000, generator_batch=64,
+        attribute_model=cfg.attributes, attributes=[cfg.attribute],
+        quotas={cfg.attribute: target}, num_identities=identities, gan_condition=condition,
+        gan_condition_psi=cfg.condition_psi, gan_calibration=cfg.calibration,
+        leakage_data=cfg.train_data, require_target=False, batch_size=128))
+    report = json.loads(storage.read_text(result["report"]))
+    table = read_seed_table(result["table"], need_images=True)
+    return {"report": report, "seconds": result["seconds"], "candidates": samples,
+            "images": np.stack([decode_image(im) for im in table.images]),
+            "groups": [str(g) for g in table.attributes[cfg.attribute]]}
+
+
+def projection(small: dict, large: dict, target: int) -> dict:
+    """The seeds job's seconds for `target` kept identities from two measured runs: the
+    embedding pass (sampling, embedding, labelling) fitted linear in candidates, the filters
+    scaled quadratically from the larger run (greedy uniqueness compares with every kept seed),
+    plus the larger run's other seconds (start-up, writing)."""
+    n1, n2 = small["candidates"], large["candidates"]
+    e1, e2 = (r["report"]["seconds"]["embedding_pass"] for r in (small, large))
+    slope = (e2 - e1) / (n2 - n1)
+    scale = target / large["report"]["num_identities"]
+    n = n2 * scale
+    filters = large["report"]["seconds"]["filters"] * scale ** 2
+    other = large["seconds"] - e2 - large["report"]["seconds"]["filters"]
+    embed = e2 + slope * (n - n2)
+    return {"identities": target, "candidates": int(n), "embedding_pass_s": embed,
+            "filters_s": filters, "other_s": other, "total_s": embed + filters + other,
+            "measured": {str(r["report"]["num_identities"]): {
+                "candidates": r["candidates"], "seconds": r["seconds"],
+                "embedding_pass_s": r["report"]["seconds"]["embedding_pass"],
+                "filters_s": r["report"]["seconds"]["filters"]} for r in (small, large)}}
 
 
 def generated_images(cfg, pipe, recognizer, inquiry: np.ndarray) -> np.ndarray:
@@ -83,40 +105,42 @@ def demographics(cfg, gan, cache: dict) -> dict:
     from cemiray.models.stylegan_targets import mapped, render
 
     selector = load_attribute_model(cfg.attributes)
-    measurer = load_attribute_model(cfg.attributes_judge)
-    cells_sel = cell_labeller(selector, [cfg.attribute])
-    cells_judge = cell_labeller(measurer, [cfg.attribute])
+    cells_judge = cell_labeller(load_attribute_model(cfg.attributes_judge), [cfg.attribute])
     spec = next(s for s in selector.specs if s.name == cfg.attribute)
     target = cfg.target or {str(c): 1 / len(spec.classes) for c in spec.classes}
 
     natural = render(gan, mapped(gan, [cfg.seed * 1_000_000 + k for k in range(cfg.samples)]))
-    filled = fill_target(cfg, gan, cells_sel, target)
-    kept_images = np.concatenate([v["images"] for v in filled["kept"].values()])
-    kept_cells = [c for c, v in filled["kept"].items() for _ in range(len(v["images"]))]
-    achieved = shares(cells_judge(kept_images))
-    draws = sum(v["draws"] for v in filled["kept"].values())
-    natural_sel = {c: f["share"] for c, f in filled["found"].items()}
-    out = {"attribute": cfg.attribute, "target": target, "identities": len(kept_images),
-           "natural_by_selector": natural_sel,
+    runs = {}
+    for name, identities, condition in (("small", max(2, cfg.identities // 2), True),
+                                        ("conditional", cfg.identities, True),
+                                        ("rejection_only", cfg.identities, False)):
+        runs[name] = seeds_run(cfg, target, identities, condition,
+                               storage.join(cfg.out, f"seeds_{name}"))
+    out = {"attribute": cfg.attribute, "target": target,
            "natural_by_judge": shares(cells_judge(natural)),
-           "achieved_by_judge": achieved,
-           "total_variation": total_variation(target, achieved),
-           "agreement_selector_judge": float(np.mean(
-               np.asarray(cells_judge(kept_images)) == np.asarray(kept_cells))),
-           "draws": draws, "rejection_rate": 1 - len(kept_images) / draws,
-           "rejection_only_draws": float(max(
-               v["count"] / max(natural_sel.get(c, 0), 1e-9)
-               for c, v in filled["kept"].items())),
-           "per_cell": {c: {"draws": v["draws"], "kept": v["count"]}
-                        for c, v in filled["kept"].items()}}
+           "projection": projection(runs["small"], runs["conditional"], cfg.project_to)}
+    for name in ("conditional", "rejection_only"):
+        run = runs[name]
+        report, kept = run["report"], len(run["groups"])
+        measured = cells_judge(run["images"]) if kept else []
+        achieved = shares(measured) if kept else {}
+        out[name] = {
+            "candidates": run["candidates"], "kept": kept, "seconds": run["seconds"],
+            "quotas_filled": report["quotas_filled"], "stages": report["stages"],
+            "achieved_by_selector": shares(run["groups"]) if kept else {},
+            "achieved_by_judge": achieved,
+            "total_variation": total_variation(target, achieved) if kept else None,
+            "agreement_selector_judge": float(np.mean(np.asarray(measured) == np.asarray(
+                run["groups"]))) if kept else None,
+            "rejection_rate": 1 - kept / run["candidates"],
+            "gan_condition": report["gan_condition"]}
 
     # CemiFace's images of some kept identities, and of as many real unseen identities
     pipe = load_pipeline(cfg.generator)
     recognizer = load_recognizer(cfg.recognizer)
-    per_cell = max(1, cfg.generated_identities // len(target))
-    chosen = [(c, v["images"][:per_cell]) for c, v in filled["kept"].items()]
-    gan_inquiry = np.concatenate([im for _, im in chosen])
-    gan_groups = [c for c, im in chosen for _ in range(len(im))]
+    chosen = choose_per_group(runs["conditional"]["groups"], cfg.generated_identities)
+    gan_inquiry = runs["conditional"]["images"][chosen]
+    gan_groups = [runs["conditional"]["groups"][i] for i in chosen]
     out["generated_gan"] = kept_through_generation(
         cfg, generated_images(cfg, pipe, recognizer, gan_inquiry), gan_groups, cells_judge,
         cache["judge"])
@@ -126,6 +150,13 @@ def demographics(cfg, gan, cache: dict) -> dict:
         cfg, generated_images(cfg, pipe, recognizer, real_images[:len(rows)]),
         [str(r) for r in rows], cells_judge, cache["judge"])
     return out
+
+
+def choose_per_group(groups: list[str], n: int) -> list[int]:
+    """Up to n row numbers, the same number from each group (the first rows of each)."""
+    names = sorted(set(groups))
+    per = max(1, n // max(1, len(names)))
+    return [i for name in names for i in [k for k, g in enumerate(groups) if g == name][:per]]
 
 
 def _real_rows(uri: str, n: int, attribute: str) -> list:

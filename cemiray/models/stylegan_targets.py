@@ -2,11 +2,11 @@
 
 An unconditional StyleGAN's W space clusters by what its images show. `cell_centroids` labels
 samples with an attribute predictor (cemiray.models.attributes) and averages their w per cell
-(a cell: one value of each attribute, e.g. group 2, or group 2 and sex 1); `sample_cell` draws
-w from a seed's z as usual and pulls it toward the cell's centroid, w' = c + ψ (w − c) (the
-truncation trick with the cell's mean in place of the global w̄), then keeps the images the
-predictor puts in the cell. The pull makes most draws land in the cell; the check rejects the
-rest, so a quota is filled from far fewer draws than rejection from unconditional samples."""
+(a cell: one value of each attribute, e.g. group 2, or group 2 and sex 1); `pulled` draws w
+from a seed's z as usual and pulls it toward the cell's centroid, w' = c + ψ (w − c) (the
+truncation trick with the cell's mean in place of the global w̄). The pull makes most draws
+land in the cell; the caller's check rejects the rest, so a quota is filled from far fewer
+draws than rejection from unconditional samples."""
 
 from __future__ import annotations
 
@@ -55,13 +55,10 @@ def cell_centroids(generator: Generator, cells_of: CellsOf, seeds: Sequence[int]
     return found
 
 
-def sample_cell(generator: Generator, cells_of: CellsOf, cell: str, centroid: torch.Tensor,
-                seeds: Sequence[int], psi: float = 0.7, batch_size: int = 64
-                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(images of every seed, True where `cells_of` put the image in `cell`, each image's cell)
-    after pulling each seed's w toward `centroid` by ψ."""
+def pulled(generator: Generator, seeds: Sequence[int], centroids: torch.Tensor,
+           psi: float = 0.7, batch_size: int = 64) -> np.ndarray:
+    """uint8 images of `seeds`, each seed's w pulled toward its row of `centroids`
+    (N × w_dim): w' = c + ψ (w − c)."""
     psi = check_truncation(psi)
-    w = centroid.to(next(generator.parameters()).device).lerp(mapped(generator, seeds), psi)
-    images = render(generator, w, batch_size)
-    cells = cells_of(images)
-    return images, np.array([c == cell for c in cells]), cells
+    w = mapped(generator, seeds)
+    return render(generator, centroids.to(w).lerp(w, psi), batch_size)

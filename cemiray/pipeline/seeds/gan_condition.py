@@ -57,11 +57,9 @@ def pulled_images(gen, seeds: list[int], cells: list[str], centroids: dict[str, 
     """Each seed's image with its w pulled toward its cell's mean (cemiray.models.stylegan_targets)."""
     import torch
 
-    from cemiray.models.stylegan_targets import mapped, render
+    from cemiray.models.stylegan_targets import pulled
 
-    w = mapped(gen, seeds)
-    c = torch.as_tensor([centroids[cell] for cell in cells], dtype=w.dtype, device=w.device)
-    return render(gen, c.lerp(w, psi))
+    return pulled(gen, seeds, torch.as_tensor([centroids[c] for c in cells]), psi)
 
 
 def condition_report(calibration: dict, attrs: list[dict], psi: float) -> dict:
