@@ -82,6 +82,9 @@ JOBS: dict[str, Job] = {
                  "identity seeds: sources, uniqueness/leakage/quality filters, attribute quotas"),
     "experiment": Job("cemiray.apps.experiment.loop", "ExperimentConfig",
                       "the CemiFace loop: synthetic sets per m, FR on each, report"),
+    "fairness": Job("cemiray.apps.fairness", "FairnessConfig",
+                    "FR on a demographically balanced and a skewed GAN-identity set, accuracy "
+                    "per group with 95% CIs"),
     "analyze-centres": Job("cemiray.apps.analyze_centres", "AnalyzeCentresConfig",
                            "FR trained on images grouped by similarity to their class centre"),
     "render": Job("cemiray.pipeline.render", "RenderConfig", "render a ToyFaces split as a dataset"),
