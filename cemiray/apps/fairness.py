@@ -19,7 +19,14 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from cemiray.apps.experiment.config import FRRecipe, SyntheticSet, _sampling
-from cemiray.assets import ASSETS, TOYFACES_GENERATOR, TOYFACES_JUDGE, TOYFACES_RECOGNIZER
+from cemiray.assets import (
+    TOYFACES_ATTRIBUTES,
+    TOYFACES_ATTRIBUTES_JUDGE,
+    TOYFACES_GAN,
+    TOYFACES_GENERATOR,
+    TOYFACES_JUDGE,
+    TOYFACES_RECOGNIZER,
+)
 from cemiray.data import storage
 from cemiray.diffusion.sampling import SamplingSpec, lift_sampling_keys
 from cemiray.runtime.config import JobConfig, RayConfig, WorldConfig
@@ -33,10 +40,10 @@ class FairnessConfig(JobConfig):
     recognizer: str = Field(TOYFACES_RECOGNIZER, description="E_id: conditions the generator "
                             "and the seeds' uniqueness and leakage filters")
     generator: str = Field(TOYFACES_GENERATOR, description="CemiFace pipeline folder")
-    gan: str = Field(str(ASSETS / "toyfaces" / "gan"), description="StyleGAN identity source")
-    attribute_model: str = Field(str(ASSETS / "toyfaces" / "attributes"),
+    gan: str = Field(TOYFACES_GAN, description="StyleGAN identity source")
+    attribute_model: str = Field(TOYFACES_ATTRIBUTES,
                                  description="labels the GAN samples for the quotas")
-    attributes_judge: str | None = Field(str(ASSETS / "toyfaces" / "attributes_judge"),
+    attributes_judge: str | None = Field(TOYFACES_ATTRIBUTES_JUDGE,
                                          description="independent attribute classifier that "
                                          "measures the kept identities' groups; None: not measured")
     judge: str | None = Field(TOYFACES_JUDGE, description="measures the generated images "

@@ -1,4 +1,4 @@
-"""The embedded default's pretrained tiny models: ToyFaces recogniser E_id, generator and judge.
+"""The embedded default's pretrained tiny models: E_id, generator, judge, attribute models, GAN.
 
 Each is a folder of config.json + safetensors with a MODEL_CARD.md saying how it was made and
 listing every file's SHA-256 (cemiray.assets.cards; `python jobs/publish_asset.py` writes them)."""
@@ -12,3 +12,9 @@ TOYFACES_RECOGNIZER = str(ASSETS / "toyfaces" / "fr")
 TOYFACES_GENERATOR = str(ASSETS / "toyfaces" / "generator")
 # The independent judge: measures generated images, never conditions, trains or selects them.
 TOYFACES_JUDGE = str(ASSETS / "toyfaces" / "judge")
+# Labels faces that carry no labels (seeds' attribute_model; selects under gan_condition).
+TOYFACES_ATTRIBUTES = str(ASSETS / "toyfaces" / "attributes")
+# The independent attribute estimator: measures demographics and variation, selects nothing.
+TOYFACES_ATTRIBUTES_JUDGE = str(ASSETS / "toyfaces" / "attributes_judge")
+# The StyleGAN identity generator (train-gan).
+TOYFACES_GAN = str(ASSETS / "toyfaces" / "gan")

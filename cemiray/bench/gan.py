@@ -29,12 +29,15 @@ import time
 
 from pydantic import Field
 
-from cemiray.assets import ASSETS, TOYFACES_GENERATOR, TOYFACES_JUDGE, TOYFACES_RECOGNIZER
+from cemiray.assets import (
+    TOYFACES_ATTRIBUTES,
+    TOYFACES_ATTRIBUTES_JUDGE,
+    TOYFACES_GAN,
+    TOYFACES_GENERATOR,
+    TOYFACES_JUDGE,
+    TOYFACES_RECOGNIZER,
+)
 from cemiray.runtime.config import JobConfig
-
-TOYFACES_GAN = str(ASSETS / "toyfaces" / "gan")
-TOYFACES_ATTRIBUTES = str(ASSETS / "toyfaces" / "attributes")
-TOYFACES_ATTRIBUTES_JUDGE = str(ASSETS / "toyfaces" / "attributes_judge")
 
 
 class BenchGANConfig(JobConfig):
