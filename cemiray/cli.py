@@ -78,6 +78,8 @@ JOBS: dict[str, Job] = {
     "bench-gan": Job("cemiray.bench.gan", "BenchGANConfig",
                      "benchmark: GAN identities' speed, realism, novelty and demographic "
                      "control, measured by independent models"),
+    "label-attr": Job("cemiray.pipeline.label_attr", "LabelAttrConfig",
+                      "label a whole face dataset with an attribute model (Ray Data)"),
     "seeds": Job("cemiray.pipeline.seeds.job", "SeedsConfig",
                  "identity seeds: sources, uniqueness/leakage/quality filters, attribute quotas"),
     "experiment": Job("cemiray.apps.experiment.loop", "ExperimentConfig",

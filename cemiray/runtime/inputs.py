@@ -98,6 +98,7 @@ INPUTS: dict[str, tuple[Input, ...]] = {
                        Input("gan", PATH), Input("attribute_model", PATH),
                        Input("attributes_judge", PATH), Input("judge", MODEL),
                        Input("leakage_data", SOURCE)),
+    "LabelAttrConfig": (Input("data", SOURCE), Input("model", PATH)),
     "RenderConfig": (),
     "BenchUNetConfig": (),
     "BenchGANConfig": (Input("gan", PATH), Input("uncond", UNCOND), Input("judge", MODEL),
