@@ -1,6 +1,7 @@
 """The GAN benchmark's parts: set metrics against known answers, class-conditional truncation
-in W, and one small bench-gan run end to end on a tiny GAN, tiny attribute predictors and the
-shipped judge, E_id and CemiFace generator (figures checked for consistency, not quality)."""
+in W, and (slow: three seeds runs and CemiFace sampling) one small bench-gan run end to end on a
+tiny GAN, tiny attribute predictors and the shipped judge, E_id and CemiFace generator (figures
+checked for consistency, not quality)."""
 
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ def attribute_model(url: str, seed: int) -> str:
     return url
 
 
+@pytest.mark.slow
 def test_bench_gan_end_to_end_on_tiny_models(ray_cluster, tmp_path):
     gan = save_gan(str(tmp_path / "gan"), tiny_gan(), meta={"step": 0})
     selector = attribute_model(str(tmp_path / "sel"), 1)
