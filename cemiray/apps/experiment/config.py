@@ -6,11 +6,17 @@ model the loop trains (so only the training data differs)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cemiray.assets import TOYFACES_GENERATOR, TOYFACES_JUDGE, TOYFACES_RECOGNIZER
+from cemiray.assets import (
+    TOYFACES_ATTRIBUTES,
+    TOYFACES_GAN,
+    TOYFACES_GENERATOR,
+    TOYFACES_JUDGE,
+    TOYFACES_RECOGNIZER,
+)
 from cemiray.diffusion.sampling import SamplingSpec, lift_sampling_keys
 from cemiray.runtime.config import JobConfig, RayConfig, WorldConfig
 from cemiray.train.settings import DistributedConfig
@@ -104,6 +110,15 @@ class ExperimentConfig(JobConfig):
     bin_pairs: int = Field(2000, ge=20)
     identities: int = Field(100, ge=2, description="identities of every training set")
     candidates_per_identity: int = Field(3, ge=1, description="new identities drawn per seed kept")
+    identity_source: Literal["toyfaces", "gan"] = Field(
+        "toyfaces", description="where new identities come from: ToyFaces' new-identity range "
+        "(one image each) or the GAN (GANDiffFace's identity stage), its samples labelled by "
+        "attribute_model and aimed at the quota cells")
+    gan: str = Field(TOYFACES_GAN, description="StyleGAN generator folder (identity_source=gan)")
+    attribute_model: str = Field(TOYFACES_ATTRIBUTES, description="labels the GAN samples for "
+                                 "the quotas (identity_source=gan)")
+    gan_condition_psi: float = Field(0.7, ge=0, le=1, description="pull of each GAN sample "
+                                     "toward its quota cell's mean w")
     quotas: dict[str, dict[str, float]] = Field(
         default_factory=lambda: {"group": {str(g): 0.25 for g in range(4)},
                                  "sex": {"0": 0.5, "1": 0.5}},

@@ -101,26 +101,49 @@ def stage_generator(cfg: ExperimentConfig, cache: StageCache, recognizer: str,
     return cache.run("train-gen", settings, work, {"recognizer": recognizer})
 
 
+def joint_quota(quotas: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Marginal quotas as one joint quota (the product of the shares), so GAN samples can be
+    aimed at one cell each: {"group": {"0": .5, "1": .5}, "sex": {...}} → {"group,sex": {...}}."""
+    names, joint = [], {(): 1.0}
+    for name, shares in quotas.items():
+        names.append(name)
+        joint = {(*cell, c): f * g for cell, f in joint.items() for c, g in shares.items()}
+    return {",".join(names): {",".join(cell): f for cell, f in joint.items() if f > 0}}
+
+
 def stage_seeds(cfg: ExperimentConfig, cache: StageCache, recognizer: str,
                 count: int) -> StageResult:
     from cemiray.pipeline.seeds.job import SeedsConfig, run
 
-    inquiry = new_identities(cfg, count * cfg.candidates_per_identity)
     leakage = toyfaces(cfg, 0, cfg.recognizer_identities, 2)
-    settings = {"inquiry": inquiry, "leakage": leakage, "identities": count,
-                "quotas": cfg.quotas, "uniqueness": cfg.uniqueness_threshold,
-                "leakage_threshold": cfg.leakage_threshold}
+    candidates = count * cfg.candidates_per_identity
+    if cfg.identity_source == "gan":
+        quotas = joint_quota(cfg.quotas) if cfg.quotas else {}
+        source = {"inquiry": [], "gan": cfg.gan, "gan_samples": candidates,
+                  "attribute_model": cfg.attribute_model, "gan_condition": bool(quotas),
+                  "gan_condition_psi": cfg.gan_condition_psi,
+                  "attributes": sorted({a for q in cfg.quotas for a in q.split(",")}),
+                  "quotas": quotas}
+        inputs = {"recognizer": recognizer, "gan": cfg.gan,
+                  "attribute_model": cfg.attribute_model}
+        settings = {**source, "leakage": leakage}
+    else:
+        inquiry = new_identities(cfg, candidates)
+        source = {"inquiry": [inquiry], "probe_data": leakage, "quotas": cfg.quotas}
+        inputs = {"recognizer": recognizer}
+        settings = {"inquiry": inquiry, "leakage": leakage, "quotas": cfg.quotas}
+    settings.update({"identities": count, "uniqueness": cfg.uniqueness_threshold,
+                     "leakage_threshold": cfg.leakage_threshold})
 
     def work(out: str) -> dict:
-        result = run(SeedsConfig(out=out, recognizer=recognizer, inquiry=[inquiry],
-                                 leakage_data=leakage, probe_data=leakage,
-                                 num_identities=count, quotas=cfg.quotas,
+        result = run(SeedsConfig(out=out, recognizer=recognizer, leakage_data=leakage,
+                                 num_identities=count,
                                  uniqueness_threshold=cfg.uniqueness_threshold,
                                  leakage_threshold=cfg.leakage_threshold,
-                                 ray=cfg.ray))
+                                 ray=cfg.ray, **source))
         return {"table": result["table"], "report": result["report"], "kept": result["kept"]}
 
-    return cache.run("seeds", settings, work, {"recognizer": recognizer})
+    return cache.run("seeds", settings, work, inputs)
 
 
 def stage_seed_subset(cache: StageCache, table: str, count: int) -> str:

@@ -63,10 +63,14 @@ def calibration(generated: dict[str, StageResult]) -> list[dict]:
     return rows
 
 
-def sample_grid(cfg: ExperimentConfig, generated: dict[str, StageResult], out: str) -> dict | None:
-    """One PNG: rows = the first identities, columns = the single-m sets in increasing m."""
-    from cemiray.data.images import decode_image
+def sample_grid(cfg: ExperimentConfig, generated: dict[str, StageResult], out: str,
+                seeds_table: str | None = None) -> dict | None:
+    """One PNG: rows = the first identities, columns = the identity's seed image (the inquiry
+    image, or the GAN sample) when the seed table keeps it, then the single-m sets in
+    increasing m."""
+    from cemiray.data.images import decode_image, fit_square
     from cemiray.eval.control import save_grid_png
+    from cemiray.pipeline.seeds.table import read_seed_table
 
     singles = sorted((s.m[0], s.label) for s in cfg.sets if len(s.m) == 1)
     if not singles:
@@ -81,10 +85,20 @@ def sample_grid(cfg: ExperimentConfig, generated: dict[str, StageResult], out: s
         columns.append([decode_image(bytes(first[k][1]), where=f"{label} label {k}")
                         for k in sorted(first)])
     rows = min(len(c) for c in columns)
+    first_column = ""
+    table = read_seed_table(seeds_table) if seeds_table else None
+    if table is not None and table.images and all(table.images[:rows]):
+        size = columns[0][0].shape[0]
+        seed_images = [decode_image(bytes(table.images[k]), where=f"seed {k}")
+                       for k in range(rows)]
+        columns.insert(0, [im if im.shape[:2] == (size, size) else fit_square(im, size)
+                           for im in seed_images])
+        kind = "GAN sample" if cfg.identity_source == "gan" else "inquiry image"
+        first_column = f"the identity's seed ({kind}), then "
     grid = np.stack([np.stack([col[r] for col in columns]) for r in range(rows)])
     url = storage.join(out, "sample_grid.png")
     save_grid_png(grid.astype(np.uint8), url)
-    caption = ("rows: new identities; columns: m = "
+    caption = (f"rows: new identities; columns: {first_column}m = "
                + ", ".join(f"{m:g}" for m, _ in singles))
     return {"caption": caption, "png": url}
 
@@ -211,7 +225,8 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *,
     }
     if attrs:
         results["seed_attributes"] = attrs
-    grid = sample_grid(cfg, generated, storage.join(cfg.out, "figures")) if generated else None
+    grid = sample_grid(cfg, generated, storage.join(cfg.out, "figures"),
+                       seeds.result.get("table")) if generated else None
     if grid is not None:
         results["sample_grids"] = [grid]
     results["provenance"] = {
