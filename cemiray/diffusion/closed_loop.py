@@ -23,14 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cemiray.diffusion.pipeline import (
-    MAX_SEED,
-    CemiFacePipeline,
-    validate_seeds,
-    validate_similarity,
-)
+from cemiray.diffusion.pipeline import CemiFacePipeline, validate_seeds, validate_similarity
 from cemiray.diffusion.sampling import SamplingSpec
 from cemiray.diffusion.similarity_loss import IdentityEncoder
+from cemiray.models.noise_seeds import MAX_SEED
 
 
 @dataclass

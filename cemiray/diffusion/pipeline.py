@@ -38,6 +38,7 @@ from torch import Tensor
 from cemiray.data import pixels, storage
 from cemiray.diffusion.condition_encoder import CemiConditionEncoder
 from cemiray.diffusion.similarity_loss import IdentityEncoder, as_identity_encoder
+from cemiray.models.noise_seeds import check_noise_seeds
 
 SCHEDULERS = {
     "ddim": (DDIMScheduler, {}),
@@ -46,7 +47,6 @@ SCHEDULERS = {
     "ddpm": (DDPMScheduler, {}),
 }
 UNIT_NORM_TOLERANCE = 1e-3
-MAX_SEED = 2**63
 
 
 @dataclass
@@ -312,15 +312,7 @@ def validate_guidance(scale: float, reference_m: float) -> tuple[float, float]:
 
 
 def validate_seeds(seeds: Sequence[int], n: int) -> list[int]:
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, np.ndarray, Tensor)):
-        raise TypeError(f"seeds must be a sequence of {n} integers, got {type(seeds).__name__}")
-    seeds = [s.item() if isinstance(s, (np.generic, Tensor)) else s for s in seeds]
-    if len(seeds) != n:
-        raise ValueError(f"got {len(seeds)} seeds for {n} identity embeddings")
-    for i, s in enumerate(seeds):
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s < MAX_SEED:
-            raise ValueError(f"seeds[{i}] = {s!r} is not an integer in [0, 2**63)")
-    return [int(s) for s in seeds]
+    return check_noise_seeds(seeds, n)
 
 
 def identity_embeddings_from_images(

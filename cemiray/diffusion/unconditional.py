@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from cemiray.data import pixels, storage
+from cemiray.models.noise_seeds import check_noise_seeds
 
 MARKER_NAME = "unconditional.json"
 SAMPLERS = ("ddim", "ddpm")
-MAX_SEED = 2**63
 
 
 @dataclass(frozen=True)
@@ -153,26 +153,12 @@ class UnconditionalGenerator:
         return int(self.unet.config.sample_size)
 
 
-def _check_seeds(seeds: Sequence[int]) -> list[int]:
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, np.ndarray)):
-        raise TypeError(f"seeds must be a sequence of integers, got {type(seeds).__name__}")
-    out = []
-    for i, s in enumerate(seeds):
-        s = s.item() if isinstance(s, np.generic) else s
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s < MAX_SEED:
-            raise ValueError(f"seeds[{i}] = {s!r} is not an integer in [0, 2**63)")
-        out.append(int(s))
-    if not out:
-        raise ValueError("seeds is empty")
-    return out
-
-
 def sample_unconditional(gen: UnconditionalGenerator, seeds: Sequence[int], steps: int = 50,
                          sampler: str = "ddim", device: str | torch.device = "cpu") -> np.ndarray:
     """One uint8 RGB image (N×S×S×3) per seed. "ddim": deterministic DDIM (η = 0) over `steps`
     trailing timesteps; "ddpm": ancestral sampling whose per-step noise also comes from the
     seed's own generator."""
-    seeds = _check_seeds(seeds)
+    seeds = check_noise_seeds(seeds)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if not isinstance(steps, numbers.Integral) or steps < 1:

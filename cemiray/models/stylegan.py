@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from cemiray.data import pixels
+from cemiray.models.noise_seeds import check_noise_seeds
 from cemiray.models.stylegan_layers import (
     DiscriminatorBlock,
     EqualConv2d,
@@ -38,8 +39,6 @@ from cemiray.models.stylegan_layers import (
     MinibatchStd,
     SynthesisBlock,
 )
-
-MAX_SEED = 2**63
 
 
 @dataclass(frozen=True)
@@ -230,17 +229,7 @@ def check_truncation(psi: Any) -> float:
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, np.ndarray)):
-        raise TypeError(f"seeds must be a sequence of integers, got {type(seeds).__name__}")
-    out = []
-    for i, s in enumerate(seeds):
-        s = s.item() if isinstance(s, np.generic) else s
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s < MAX_SEED:
-            raise ValueError(f"seeds[{i}] = {s!r} is not an integer in [0, 2**63)")
-        out.append(int(s))
-    if not out:
-        raise ValueError("seeds is empty")
-    return out
+    return check_noise_seeds(seeds)
 
 
 def seed_latents(seeds: Sequence[int], z_dim: int) -> tuple[list[torch.Generator], torch.Tensor]:
