@@ -139,6 +139,7 @@ def test_bench_gan_end_to_end_on_tiny_models(ray_cluster, tmp_path):
     novelty = figures["novelty"]
     assert novelty["training_identities"] == 10
     assert novelty["real_unseen"]["max"] <= 1 and "gan_0.5" in novelty
+    assert novelty["real_unseen"]["share_over_bar"] <= 0.05
     demo = figures["demographics"]
     cond, rej = demo["conditional"], demo["rejection_only"]
     assert cond["candidates"] == rej["candidates"] == 16

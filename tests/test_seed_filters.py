@@ -174,3 +174,10 @@ def test_probe_predicts_toyfaces_group_above_chance():
 def test_unit_rows_refuses_zero_rows():
     with pytest.raises(ValueError, match="row 1"):
         unit_rows(np.array([[1.0, 0.0], [0.0, 0.0]]))
+
+
+def test_no_candidate_left_keeps_nothing_under_quotas():
+    """Every candidate may fail quality or leakage: the quota selection then keeps none."""
+    selection = greedy_select(np.zeros((0, 8), np.float32), 0.3, np.zeros((0, 1), np.int64),
+                              [np.array([2, 2])], limit=4)
+    assert selection.kept.size == 0 and selection.outcome.size == 0

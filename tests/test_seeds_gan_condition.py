@@ -82,9 +82,43 @@ def test_row_cells_follow_the_shares_and_interleave():
 
 def test_pulled_images_at_psi_zero_are_the_cell_mean_s_image(models):
     gen = load_gan(models["gan"])[0]
-    centroid = torch.randn(TINY["w_dim"]).tolist()
-    a = pulled_images(gen, [1, 2], ["c", "c"], {"c": centroid}, 0.0)
-    assert np.array_equal(a[0], a[1])
+    probe = {"cells": ["c", "d"], "weight": [[0.0] * TINY["w_dim"]] * 2, "bias": [1.0, 0.0]}
+    located = {"centroids": {"c": torch.randn(TINY["w_dim"]).tolist()}, "probe": probe}
+    a, used, tries = pulled_images(gen, [1, 2], ["c", "c"], located, 0.0, tries=4)
+    assert np.array_equal(a[0], a[1]) and used == [1, 2] and tries == [1, 1]
+
+
+def test_screening_picks_seeds_the_w_probe_puts_in_the_cell(models):
+    from cemiray.models.stylegan_targets import SEED_STRIDE, locate, mapped, probe_cells, screened
+
+    gen = load_gan(models["gan"])[0]
+    cells_of = cell_labeller(load_attribute_model(models["attr"]), ["group"])
+    found, probe = locate(gen, cells_of, [CALIBRATION_SEED + k for k in range(200)])
+    w = mapped(gen, [CALIBRATION_SEED + k for k in range(200)])
+    named = probe_cells(probe, w)
+    truth = cells_of(__import__("cemiray.models.stylegan_targets", fromlist=["render"]).render(
+        gen, w))
+    assert np.mean([a == b for a, b in zip(named, truth, strict=True)]) > max(
+        f["share"] for f in found.values())  # the probe beats guessing the largest cell
+    target = min(found, key=lambda c: found[c]["count"])
+    used, tries = screened(gen, probe, list(range(40)), [target] * 40, tries=8)
+    hits = [c == target for c in probe_cells(probe, mapped(gen, used))]
+    unscreened = np.mean([c == target for c in probe_cells(probe, mapped(gen, range(40)))])
+    assert np.mean(hits) > 2 * unscreened and np.mean(hits) > 0.5
+    assert all(h or t == 8 for h, t in zip(hits, tries, strict=True))  # a miss used every try
+    assert all((u - k) % SEED_STRIDE == 0 and (u - k) // SEED_STRIDE == t - 1
+               for k, (u, t) in enumerate(zip(used, tries, strict=True)))
+
+
+def test_torch_keeps_a_seed_s_low_32_bits_and_the_streams_respect_it():
+    from cemiray.models.noise_seeds import aliases
+    from cemiray.models.stylegan_targets import SEED_STRIDE
+
+    draw = [torch.randn(3, generator=torch.Generator().manual_seed(s)) for s in (5, 5 + 2**32)]
+    assert torch.equal(*draw) and aliases(5, 5 + 2**32) and not aliases(5, 6)
+    assert not any(aliases(CALIBRATION_SEED + k, j) for k in (0, 1999) for j in (0, 10**6))
+    # try j of row k meets row k ± d only if j · stride ≡ ±d (mod 2**32): never for d < 10**6
+    assert all(10**6 <= (j * SEED_STRIDE) % 2**32 <= 2**32 - 10**6 for j in range(1, 16))
 
 
 def test_seeds_fill_a_quota_from_aimed_gan_samples(ray_cluster, models, tmp_path):

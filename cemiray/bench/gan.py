@@ -74,6 +74,11 @@ class BenchGANConfig(JobConfig):
     identities: int = Field(1000, ge=4, description="identities the seeds job fills to the "
                             "target (a run of half as many gives the projection's slope)")
     overshoot: float = Field(1.5, ge=1, description="GAN candidates per kept identity")
+    uniqueness_threshold: float = Field(0.7, ge=-1, le=1, description="the seeds runs' (E_id "
+                                        "cosine), as the experiment's")
+    leakage_threshold: float = Field(0.8, ge=-1, le=1, description="the seeds runs' against the "
+                                     "GAN's training identities (E_id cosine; ToyFaces genuine "
+                                     "pairs average ≈ 0.55)")
     project_to: int = Field(10000, ge=1, description="identities the seeds time is projected to")
     condition_psi: float = Field(0.7, ge=0, le=1, description="pull toward the cell's centroid")
     calibration: int = Field(2000, ge=10, description="samples that locate the cells in W")

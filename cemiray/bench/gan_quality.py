@@ -3,14 +3,12 @@
 Realism: Fréchet distance to real ToyFaces against the real-vs-real floor (and a trained DDPM's,
 when given, at the same sample count), and the share passing the judge-norm quality floor.
 Novelty: each image's highest similarity to the GAN's training identity centres, for GAN
-samples and for real faces of unseen identities (the level no copying gives)."""
+samples and for real faces of unseen identities (the level no copying gives); the share of GAN
+samples above the 99th percentile of the real ones."""
 
 from __future__ import annotations
 
 import numpy as np
-
-LEAKAGE_THRESHOLD = 0.3  # the seeds job's default leakage threshold
-
 
 def source_images(uri: str) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images, labels) of a face source, read in this process."""
@@ -82,10 +80,13 @@ def novelty(cfg, gan, cache: dict) -> dict:
     judge = cache["judge"]
     images, labels = source_images(cfg.train_data)
     centres, _ = label_centres(judged(judge, images)[0], labels)
-    out = {"training_identities": len(centres), "threshold": LEAKAGE_THRESHOLD}
-    for name, emb in (("real_unseen", cache["real"]),
-                      *((f"gan_{psi}", cache[f"gan:{psi}"]) for psi in cfg.truncations)):
-        best, _ = nearest_centres(emb, centres)
-        out[name] = {**percentiles(best),
-                     "share_over_threshold": float((best > LEAKAGE_THRESHOLD).mean())}
+    real, _ = nearest_centres(cache["real"], centres)
+    # with a thousand centres even unseen real faces come close to one: the bar is the level
+    # unseen real faces reach (their 99th percentile), not a fixed cosine
+    bar = float(np.percentile(real, 99))
+    out = {"training_identities": len(centres), "bar_real_unseen_p99": bar}
+    for name, best in (("real_unseen", real), *(
+            (f"gan_{psi}", nearest_centres(cache[f"gan:{psi}"], centres)[0])
+            for psi in cfg.truncations)):
+        out[name] = {**percentiles(best), "share_over_bar": float((best > bar).mean())}
     return out

@@ -165,7 +165,8 @@ def greedy_select(embeddings: np.ndarray, threshold: float = 0.3,
     n = len(x)
     quota = cells is not None
     if quota:
-        cells = np.asarray(cells, dtype=np.int64).reshape(n, -1)
+        columns = len(capacities) if capacities is not None else -1
+        cells = np.asarray(cells, dtype=np.int64).reshape(n, columns if n == 0 else -1)
         if capacities is None or len(capacities) != cells.shape[1]:
             raise ValueError("give one capacity array per quota column of `cells`")
         room = [np.asarray(c, dtype=np.int64).copy() for c in capacities]

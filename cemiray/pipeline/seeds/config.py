@@ -51,7 +51,9 @@ class SeedsConfig(JobConfig):
     gan_condition_psi: float = Field(0.7, ge=0, le=1, description="pull toward the cell: "
                                      "w = c + psi (w - c); 1: none")
     gan_calibration: int = Field(2000, ge=10, description="gan samples (noise seeds from "
-                                 "2**40) that locate each cell in W")
+                                 "3.5e9) that locate each cell in W")
+    gan_condition_tries: int = Field(16, ge=1, description="seeds screened per aimed row by the "
+                                     "linear discriminant in W before one is rendered")
     attribute_model: str | None = Field(None, description="attribute predictor folder "
                                         "(`cemiray train-attr`): predicts the attributes a "
                                         "candidate lacks (gan and generator samples, unlabelled "

@@ -3,7 +3,8 @@
 With `gan_condition`, before the Ray pass the driver labels `gan_calibration` GAN samples with
 the attribute predictor and takes each quota cell's mean w (cemiray.models.stylegan_targets);
 every GAN row of the plan is then given a target cell, in proportion to the quota and
-interleaved, and the sampler actors pull that row's w toward its cell's mean. The embedder's
+interleaved; the sampler actors pick for each row a seed whose w a linear discriminant in W puts
+in its cell (nothing rendered), then pull that w toward the cell's mean. The embedder's
 attribute predictor labels the images as it labels any sample, so a draw that missed its cell
 counts for the cell it landed in (or is left out by the quotas): the rejection is the quotas'."""
 
@@ -13,22 +14,26 @@ import numpy as np
 
 from cemiray.pipeline.seeds.config import SeedsConfig
 
-CALIBRATION_SEED = 2 ** 40  # calibration samples never share a noise seed with candidates
+# Calibration samples use seeds 3.5e9 onwards, apart from the candidates' (generator_seed + k)
+# in the low 32 bits, the only bits torch's CPU generator keeps (cemiray.models.noise_seeds).
+CALIBRATION_SEED = 3_500_000_000
 
 
-def locate_cells(cfg: SeedsConfig) -> tuple[dict[str, list[float]], dict]:
-    """({cell: mean w} for every quota cell with a positive share, a report of what the
-    calibration found); a cell no calibration sample lands in is refused naming it."""
+def locate_cells(cfg: SeedsConfig) -> tuple[dict, dict]:
+    """({"centroids": {cell: mean w} for every quota cell with a positive share, "probe": the
+    linear discriminant in W}, a report of what the calibration found); a cell no calibration
+    sample lands in is refused naming it."""
     from cemiray.eval.attributes import cell_labeller
     from cemiray.models.attributes import load_attribute_model
     from cemiray.models.stylegan_io import load_gan
-    from cemiray.models.stylegan_targets import cell_centroids
+    from cemiray.models.stylegan_targets import locate
 
     (names, shares), = cfg.quotas.items()
     attributes = names.split(",")
     gan, _, _ = load_gan(cfg.gan)
     cells_of = cell_labeller(load_attribute_model(cfg.attribute_model), attributes)
-    found = cell_centroids(gan, cells_of, [CALIBRATION_SEED + k for k in range(cfg.gan_calibration)])
+    found, probe = locate(gan, cells_of,
+                          [CALIBRATION_SEED + k for k in range(cfg.gan_calibration)])
     wanted = [c for c, f in shares.items() if f > 0]
     missing = [c for c in wanted if c not in found]
     if missing:
@@ -37,7 +42,7 @@ def locate_cells(cfg: SeedsConfig) -> tuple[dict[str, list[float]], dict]:
                          f"(found {sorted(found)}): no candidate can fill them")
     report = {"attributes": attributes, "samples": cfg.gan_calibration,
               "natural": {c: f["share"] for c, f in found.items()}}
-    return {c: found[c]["w"].tolist() for c in wanted}, report
+    return {"centroids": {c: found[c]["w"].tolist() for c in wanted}, "probe": probe}, report
 
 
 def row_cells(shares: dict[str, float], rows: int) -> list[str]:
@@ -52,14 +57,17 @@ def row_cells(shares: dict[str, float], rows: int) -> list[str]:
     return [cells[i] for _, i in sorted(keys)]
 
 
-def pulled_images(gen, seeds: list[int], cells: list[str], centroids: dict[str, list[float]],
-                  psi: float) -> np.ndarray:
-    """Each seed's image with its w pulled toward its cell's mean (cemiray.models.stylegan_targets)."""
+def pulled_images(gen, seeds: list[int], cells: list[str], located: dict, psi: float,
+                  tries: int) -> tuple[np.ndarray, list[int], list[int]]:
+    """Each row's image: a seed screened by the W probe for its cell, its w pulled toward the
+    cell's mean (cemiray.models.stylegan_targets); also the seeds used and the tries taken."""
     import torch
 
-    from cemiray.models.stylegan_targets import pulled
+    from cemiray.models.stylegan_targets import pulled, screened
 
-    return pulled(gen, seeds, torch.as_tensor([centroids[c] for c in cells]), psi)
+    used, tries_taken = screened(gen, located["probe"], seeds, cells, tries)
+    centroids = torch.as_tensor([located["centroids"][c] for c in cells])
+    return pulled(gen, used, centroids, psi), used, tries_taken
 
 
 def condition_report(calibration: dict, attrs: list[dict], psi: float) -> dict:
@@ -69,6 +77,7 @@ def condition_report(calibration: dict, attrs: list[dict], psi: float) -> dict:
 
     names = calibration["attributes"]
     aimed: dict[str, list[int]] = {}
+    tries = [row["_tries"] for row in attrs if "_tries" in row]
     for row in attrs:
         if "_requested" in row:
             landed = cell_key([row.get(a) for a in names]) == row["_requested"]
@@ -77,4 +86,5 @@ def condition_report(calibration: dict, attrs: list[dict], psi: float) -> dict:
                 for c, (m, h) in sorted(aimed.items())}
     total = sum(v["aimed"] for v in per_cell.values())
     return {**calibration, "psi": psi, "aimed": total, "per_cell": per_cell,
+            "screening_tries_mean": float(np.mean(tries)) if tries else None,
             "hit_rate": sum(v["landed"] for v in per_cell.values()) / total if total else None}

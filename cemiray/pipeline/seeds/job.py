@@ -49,7 +49,7 @@ class Inputs:
     parts: list[Any]
     sources: list[dict]
     references: list[dict]
-    gan_cells: dict[str, list[float]] | None = None  # gan_condition: each cell's mean w
+    gan_cells: dict | None = None  # gan_condition: each cell's mean w and the W probe
     gan_report: dict | None = None
 
 

@@ -39,28 +39,31 @@ class UncondSampler:
 
 class GANSampler:
     """A Ray Data actor: loads (and checks) the StyleGAN generator once, samples one image per
-    row from the row's noise seed with truncation ψ, or, with `centroids` (gan_condition),
-    with its w pulled toward the mean w of the row's target cell by `psi`
+    row from the row's noise seed with truncation ψ, or, with `located` (gan_condition), from
+    a seed screened for the row's target cell with its w pulled toward the cell's mean by `psi`
     (cemiray.pipeline.seeds.gan_condition)."""
 
     def __init__(self, url: str, truncation: float, device: str,
-                 centroids: dict[str, list[float]] | None = None, psi: float = 1.0) -> None:
+                 located: dict | None = None, psi: float = 1.0, tries: int = 16) -> None:
         from cemiray.models.stylegan_io import load_gan
 
         self.gen, _, _ = load_gan(url, device)
         self.truncation, self.device = truncation, device
-        self.centroids, self.psi = centroids, psi
+        self.located, self.psi, self.tries = located, psi, tries
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from cemiray.models.stylegan import sample_gan
 
         seeds = [int(s) for s in batch["noise_seed"]]
-        if self.centroids:
+        if self.located:
             from cemiray.pipeline.seeds.gan_condition import pulled_images
 
             cells = [str(c) for c in batch["cell"]]
-            images = pulled_images(self.gen, seeds, cells, self.centroids, self.psi)
-            return sampled_rows(batch, images, [{"_requested": c} for c in cells])
+            images, used, tries = pulled_images(self.gen, seeds, cells, self.located, self.psi,
+                                                self.tries)
+            return sampled_rows(batch, images, [
+                {"_requested": c, "_seed": s, "_tries": t}
+                for c, s, t in zip(cells, used, tries, strict=True)])
         images = sample_gan(self.gen, seeds, self.truncation, batch_size=len(seeds),
                             device=self.device)
         return sampled_rows(batch, images)
@@ -167,7 +170,7 @@ class SeedEmbedder:
 
 
 def build_dataset(cfg: SeedsConfig, items: list[ReadPart], sources: list[dict],
-                  gan_cells: dict[str, list[float]] | None = None):
+                  gan_cells: dict | None = None):
     """The Ray Data pass: reads and generator samples, then the embedder actors. `gan_cells`
     (gan_condition): the mean w of each quota cell, which the GAN rows are aimed at."""
     parts = []
@@ -179,8 +182,9 @@ def build_dataset(cfg: SeedsConfig, items: list[ReadPart], sources: list[dict],
             ("generator", UncondSampler, {"url": cfg.generator, "steps": cfg.generator_steps,
                                           "sampler": cfg.generator_sampler, "device": device}),
             ("gan", GANSampler, {"url": cfg.gan, "truncation": cfg.truncation,
-                                 "device": device, "centroids": gan_cells,
-                                 "psi": cfg.gan_condition_psi})):
+                                 "device": device, "located": gan_cells,
+                                 "psi": cfg.gan_condition_psi,
+                                 "tries": cfg.gan_condition_tries})):
         cells = None
         if kind == "gan" and gan_cells:
             from cemiray.pipeline.seeds.gan_condition import row_cells
