@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def source_images(uri: str) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images, labels) of a face source, read in this process."""
     from cemiray.data.images import decode_image
