@@ -72,7 +72,8 @@ class BenchGANConfig(JobConfig):
     target: dict[str, float] | None = Field(None, description="target shares per value; "
                                             "default: uniform over the values the predictor has")
     identities: int = Field(1000, ge=4, description="identities the seeds job fills to the "
-                            "target (a run of half as many gives the projection's slope)")
+                            "target (a run of a twentieth as many, mostly fixed costs, gives "
+                            "the projection's intercept)")
     overshoot: float = Field(1.5, ge=1, description="GAN candidates per kept identity")
     uniqueness_threshold: float = Field(0.7, ge=-1, le=1, description="the seeds runs' (E_id "
                                         "cosine), as the experiment's")

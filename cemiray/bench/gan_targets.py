@@ -117,7 +117,7 @@ def demographics(cfg, gan, cache: dict) -> dict:
     runs = {}
     # rejection-only first: it also warms Ray up before the two timed conditional runs
     for name, identities, condition in (("rejection_only", cfg.identities, False),
-                                        ("small", max(2, cfg.identities // 2), True),
+                                        ("small", max(4, cfg.identities // 20), True),
                                         ("conditional", cfg.identities, True)):
         runs[name] = seeds_run(cfg, target, identities, condition,
                                storage.join(cfg.out, f"seeds_{name}"))
