@@ -25,24 +25,31 @@ def seeds_run(cfg, target: dict[str, float], identities: int, condition: bool,
     """One `cemiray seeds` run that fills `target` from GAN samples (aimed at the cells with
     `condition`, else rejection only): its report and the kept images and groups."""
     from cemiray.data.images import decode_image
-    from cemiray.pipeline.seeds.job import SeedsConfig
     from cemiray.pipeline.seeds.job import run as run_seeds
     from cemiray.pipeline.seeds.table import read_seed_table
 
     samples = int(np.ceil(identities * cfg.overshoot))
-    result = run_seeds(SeedsConfig(
+    result = run_seeds(seeds_config(cfg, target, identities, condition, out))
+    report = json.loads(storage.read_text(result["report"]))
+    table = read_seed_table(result["table"], need_images=True)
+    return {"report": report, "seconds": result["seconds"], "candidates": samples,
+            "images": np.stack([decode_image(im) for im in table.images]) if len(table) else
+            np.zeros((0, 1, 1, 3), np.uint8),
+            "groups": [str(g) for g in table.attributes[cfg.attribute]] if len(table) else []}
+
+
+def seeds_config(cfg, target: dict[str, float], identities: int, condition: bool, out: str):
+    from cemiray.pipeline.seeds.job import SeedsConfig
+
+    samples = int(np.ceil(identities * cfg.overshoot))
+    return SeedsConfig(
         out=out, recognizer=cfg.recognizer, inquiry=[], gan=cfg.gan, gan_samples=samples,
         generator_seed=cfg.seed * 1_000_000, generator_batch=64,
         attribute_model=cfg.attributes, attributes=[cfg.attribute],
         quotas={cfg.attribute: target}, num_identities=identities, gan_condition=condition,
         gan_condition_psi=cfg.condition_psi, gan_calibration=cfg.calibration,
         leakage_data=cfg.train_data, leakage_threshold=cfg.leakage_threshold,
-        uniqueness_threshold=cfg.uniqueness_threshold, require_target=False, batch_size=128))
-    report = json.loads(storage.read_text(result["report"]))
-    table = read_seed_table(result["table"], need_images=True)
-    return {"report": report, "seconds": result["seconds"], "candidates": samples,
-            "images": np.stack([decode_image(im) for im in table.images]),
-            "groups": [str(g) for g in table.attributes[cfg.attribute]]}
+        uniqueness_threshold=cfg.uniqueness_threshold, require_target=False, batch_size=128)
 
 
 def projection(small: dict, large: dict, target: int) -> dict:
@@ -107,12 +114,15 @@ def demographics(cfg, gan, cache: dict) -> dict:
     from cemiray.models.attributes import load_attribute_model
     from cemiray.models.recognizer import load_recognizer
     from cemiray.models.stylegan_targets import mapped, render
+    from cemiray.pipeline.seeds.gan_condition import locate_cells
 
     selector = load_attribute_model(cfg.attributes)
     cells_judge = cell_labeller(load_attribute_model(cfg.attributes_judge), [cfg.attribute])
     spec = next(s for s in selector.specs if s.name == cfg.attribute)
     target = cfg.target or {str(c): 1 / len(spec.classes) for c in spec.classes}
 
+    # a target cell no GAN sample reaches is refused before any seeds run
+    locate_cells(seeds_config(cfg, target, cfg.identities, True, cfg.out).resolved())
     natural = render(gan, mapped(gan, [cfg.seed * 1_000_000 + k for k in range(cfg.samples)]))
     runs = {}
     # rejection-only first: it also warms Ray up before the two timed conditional runs
