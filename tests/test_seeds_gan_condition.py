@@ -133,7 +133,7 @@ def test_seeds_fill_a_quota_from_aimed_gan_samples(ray_cluster, models, tmp_path
         uniqueness_threshold=1.0, batch_size=8, num_actors_max=1))
     report = json.loads((out / "seeds_report.json").read_text())
     cond = report["gan_condition"]
-    assert cond["aimed"] == 24 and cond["samples"] == 40 and cond["psi"] == 0.7
+    assert cond["aimed"] == 24 and cond["samples"] == 40 and cond["psi"] == 1.0
     assert {c: v["aimed"] for c, v in cond["per_cell"].items()} == {first: 12, second: 12}
     assert 0 <= cond["hit_rate"] <= 1
     table = read_seed_table(result["table"], expected_dim=32)

@@ -54,7 +54,8 @@ class FairnessConfig(JobConfig):
                                                               "3": 0.15})
     identities: int = Field(100, ge=4, description="identities of each synthetic set")
     overshoot: float = Field(2.0, ge=1, description="GAN candidates per identity kept")
-    gan_condition_psi: float = Field(0.7, ge=0, le=1)
+    gan_condition_psi: float = Field(1.0, ge=0, le=1, description="pull toward the cell's "
+                                     "mean w after screening (1: none)")
     uniqueness_threshold: float = Field(0.7, ge=-1, le=1)
     leakage_threshold: float = Field(0.8, ge=-1, le=1)
     leakage_data: str | None = Field("toyfaces:?seed=0&ids=20000-20999&samples=2&size=32",

@@ -117,7 +117,7 @@ class ExperimentConfig(JobConfig):
     gan: str = Field(TOYFACES_GAN, description="StyleGAN generator folder (identity_source=gan)")
     attribute_model: str = Field(TOYFACES_ATTRIBUTES, description="labels the GAN samples for "
                                  "the quotas (identity_source=gan)")
-    gan_condition_psi: float = Field(0.7, ge=0, le=1, description="pull of each GAN sample "
+    gan_condition_psi: float = Field(1.0, ge=0, le=1, description="pull of each GAN sample "
                                      "toward its quota cell's mean w")
     quotas: dict[str, dict[str, float]] = Field(
         default_factory=lambda: {"group": {str(g): 0.25 for g in range(4)},

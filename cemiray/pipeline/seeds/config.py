@@ -45,10 +45,11 @@ class SeedsConfig(JobConfig):
     truncation: float = Field(1.0, ge=0, le=1, description="the gan's truncation psi: "
                               "w = w_avg + psi (w - w_avg); 1: none, lower trades identity "
                               "diversity for cleaner faces")
-    gan_condition: bool = Field(False, description="fill the quotas from the gan by "
-                                "class-conditional truncation: each sample's w is pulled toward "
-                                "its target cell's mean w (needs attribute_model and quotas)")
-    gan_condition_psi: float = Field(0.7, ge=0, le=1, description="pull toward the cell: "
+    gan_condition: bool = Field(False, description="fill the quotas from the gan by aiming "
+                                "each sample at a cell: its seed screened by a linear "
+                                "discriminant in W, its w optionally pulled toward the cell's "
+                                "mean w (needs attribute_model and quotas)")
+    gan_condition_psi: float = Field(1.0, ge=0, le=1, description="pull toward the cell: "
                                      "w = c + psi (w - c); 1: none")
     gan_calibration: int = Field(2000, ge=10, description="gan samples (noise seeds from "
                                  "3.5e9) that locate each cell in W")
