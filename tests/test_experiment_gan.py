@@ -38,13 +38,13 @@ def test_the_seeds_stage_draws_aimed_gan_identities(ray_cluster, tmp_path):
         AttributeSpec("group", "categorical", classes=[0, 1, 2, 3]),
         AttributeSpec("sex", "categorical", classes=[0, 1])]), attr)
     cfg = ExperimentConfig(out=str(tmp_path / "exp"), identity_source="gan", gan=gan,
-                           attribute_model=attr, candidates_per_identity=6,
+                           attribute_model=attr, candidates_per_identity=16,
                            uniqueness_threshold=1.0, recognizer_identities=4,
                            quotas={"group": {"0": 0.5, "3": 0.5}, "sex": {"0": 0.5, "1": 0.5}})
     cache = StageCache(str(tmp_path / "stages"), log=lambda _: None)
     seeds = stage_seeds(cfg, cache, cfg.recognizer, 4).result
     report = json.loads(Path(seeds["report"]).read_text())
-    assert report["gan_condition"]["aimed"] == 24
+    assert report["gan_condition"]["aimed"] == 64
     assert [q["attributes"] for q in report["quotas"]] == [["group", "sex"]]
     table = read_seed_table(seeds["table"], need_images=True)
     assert len(table) == seeds["kept"] <= 4
