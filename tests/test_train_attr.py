@@ -13,6 +13,7 @@ import torch
 
 from cemiray.data.sources import Source
 from cemiray.eval.attributes import predict_images
+from cemiray.eval.attributes import truth_value as attribute_value
 from cemiray.models.attributes import (
     AttributeNet,
     AttributeSpec,
@@ -20,7 +21,7 @@ from cemiray.models.attributes import (
     save_attribute_model,
 )
 from cemiray.models.serialization import CheckpointError
-from cemiray.train.attr import TrainAttrConfig, attribute_value, run
+from cemiray.train.attr import TrainAttrConfig, run
 
 HOLDOUT = "toyfaces:?seed=0&ids=31000-31005&samples=3&size=16"
 

@@ -34,6 +34,8 @@ def predict_images(model, images: np.ndarray, batch_size: int = 256, resize: str
 
 
 def truth_value(row: dict, name: str) -> Any:
+    """`name` of a source row: a column, else a key of its nested per-image attributes
+    (ToyFaces' `nuisance`), else None (unlabelled)."""
     if name in row:
         return row[name]
     nested = row.get("nuisance")

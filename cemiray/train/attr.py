@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -26,7 +25,6 @@ from cemiray.train.settings import AugmentConfig, DistributedConfig
 
 DEFAULT_DATA = "toyfaces:?seed=0&ids=30000-30999&samples=10&size=32"
 DEFAULT_HOLDOUT = "toyfaces:?seed=0&ids=31000-31199&samples=5&size=32"
-NESTED = "nuisance"  # where a source keeps per-image attributes (ToyFaces)
 
 
 class TrainAttrConfig(JobConfig):
@@ -78,20 +76,11 @@ class TrainAttrConfig(JobConfig):
         return [*self.categorical, *self.continuous]
 
 
-def attribute_value(row: dict, name: str) -> Any:
-    """`name` of a source row: a column, else a key of its nested per-image attributes, else
-    None (unlabelled)."""
-    if name in row:
-        return row[name]
-    nested = row.get(NESTED)
-    if isinstance(nested, str):
-        nested = json.loads(nested)
-    return nested.get(name) if isinstance(nested, dict) else None
-
-
 def labelled_rows(categorical: list[str], continuous: list[str]):
     """A read transform: rows → {image, c:<name> (JSON text of the value), x:<name> (float)},
     None where a row lacks the attribute."""
+
+    from cemiray.eval.attributes import truth_value as attribute_value
 
     def transform(part, rows: list[dict]) -> list[dict]:
         out = []
