@@ -44,6 +44,9 @@ def make_pipeline(seed: int = 0, **overrides) -> CemiFacePipeline:
     torch.manual_seed(seed)
     kwargs = {**TINY, **overrides}
     unet, encoder = build_generator("tiny", **kwargs)
+    if encoder.variation_out is not None:  # as if trained: the variation layer starts at zero
+        with torch.no_grad():
+            encoder.variation_out.weight.normal_(0, 0.5)
     return CemiFacePipeline(
         unet=unet.eval(),
         condition_encoder=encoder.eval(),

@@ -45,46 +45,87 @@ def test_tokens_and_pooled_depend_on_identity_and_m():
         enc(ids, torch.zeros(4))
 
 
-def test_variation_tokens_null_and_dropout():
+def variation_encoder(route="tokens", **kw):
     torch.manual_seed(0)
-    enc = CemiConditionEncoder(
-        id_dim=32,
-        cross_attention_dim=16,
-        num_tokens=2,
-        hidden_dim=24,
-        pooled_dim=None,
-        num_variation_attrs=5,
-        num_variation_tokens=2,
-        variation_dropout_prob=0.5,
-    )
+    enc = CemiConditionEncoder(id_dim=32, cross_attention_dim=16, num_tokens=2, hidden_dim=24,
+                               pooled_dim=8, num_variation_attrs=5, num_variation_tokens=2,
+                               variation_route=route, **kw)
+    with torch.no_grad():  # as if trained: the output layer starts at zero
+        enc.variation_out.weight.normal_(0, 0.5)
+        enc.variation_out.bias.normal_(0, 0.5)
+    return enc
+
+
+def test_an_untrained_variation_condition_changes_nothing():
+    """Zero-initialised: a generator fine-tuned with variation starts where it was."""
+    for route in ("tokens", "pooled", "both"):
+        enc = CemiConditionEncoder(id_dim=32, cross_attention_dim=16, num_tokens=2,
+                                   hidden_dim=24, pooled_dim=8, num_variation_attrs=3,
+                                   variation_route=route).eval()
+        ids, m = unit(4, 32), torch.zeros(4)
+        given = enc(ids, m, variation=torch.randn(4, 3))
+        plain = enc(ids, m)
+        torch.testing.assert_close(given.tokens, plain.tokens)
+        torch.testing.assert_close(given.pooled, plain.pooled)
+        if route != "pooled":
+            assert given.tokens.shape == (4, 3, 16) and not given.tokens[:, 2:].any()
+
+
+def test_variation_routes_masking_and_dropout():
     n = 400
     ids, m = unit(n, 32), torch.zeros(n)
     attrs = torch.rand(n, 5, generator=torch.Generator().manual_seed(1))
-    null = enc.null_variation.detach()
-    assert enc.num_condition_tokens == 4
 
-    enc.eval()
-    given = enc(ids, m, variation=attrs).tokens
-    assert given.shape == (n, 4, 16)
-    assert not torch.isclose(given[:, 2:], null.expand(n, -1, -1)).all(dim=(1, 2)).any()
-    absent = enc(ids, m).tokens
-    assert torch.equal(absent[:, 2:], null.expand(n, -1, -1))
-    torch.testing.assert_close(absent[:, :2], given[:, :2])
+    tokens_only = variation_encoder("tokens").eval()
+    assert tokens_only.num_condition_tokens == 4
+    out, plain = tokens_only(ids, m, variation=attrs), tokens_only(ids, m)
+    torch.testing.assert_close(out.pooled, plain.pooled)
+    assert not torch.isclose(out.tokens[:, 2:], plain.tokens[:, 2:]).all(dim=(1, 2)).any()
 
-    enc.train()
+    pooled_only = variation_encoder("pooled").eval()
+    assert pooled_only.num_condition_tokens == 2
+    out, plain = pooled_only(ids, m, variation=attrs), pooled_only(ids, m)
+    torch.testing.assert_close(out.tokens, plain.tokens)
+    assert not torch.isclose(out.pooled, plain.pooled).all(dim=1).any()
+
+    enc = variation_encoder("both", variation_attr_dropout_prob=0.5).eval()
+    # NaN is "unspecified": all-NaN equals no variation
+    torch.testing.assert_close(enc(ids, m, variation=torch.full((n, 5), float("nan"))).tokens,
+                               enc(ids, m).tokens)
+    partial = attrs.clone()
+    partial[:, 3] = float("nan")
+    changed = attrs.clone()
+    changed[:, 3] = 0.123  # a given value matters, an unspecified one is masked
+    assert not torch.allclose(enc(ids, m, variation=changed).pooled,
+                              enc(ids, m, variation=attrs).pooled)
+    assert not torch.allclose(enc(ids, m, variation=partial).pooled,
+                              enc(ids, m, variation=attrs).pooled)
+
+    enc.train()  # per-attribute dropout: like masking that attribute, reproducible per seed
     g = torch.Generator().manual_seed(2)
-    dropped = enc(ids, m, variation=attrs, generator=g).tokens
-    is_null = (dropped[:, 2:] == null).all(dim=(1, 2))
-    assert 150 < int(is_null.sum()) < 250  # p = 0.5 of 400
-    torch.testing.assert_close(dropped[~is_null, 2:], given[~is_null, 2:])
-    again = enc(ids, m, variation=attrs, generator=torch.Generator().manual_seed(2)).tokens
+    dropped = enc(ids, m, variation=attrs, generator=g).pooled
+    again = enc(ids, m, variation=attrs, generator=torch.Generator().manual_seed(2)).pooled
     assert torch.equal(dropped, again)
+    enc.eval()
+    full = enc(ids, m, variation=attrs).pooled
+    untouched = torch.isclose(dropped, full).all(dim=1)
+    assert 0 < int(untouched.sum()) < 40  # all five kept: 0.5**5 of 400 = 12.5
+
+    whole = variation_encoder("tokens", variation_dropout_prob=1.0).train()
+    torch.testing.assert_close(whole(ids, m, variation=attrs).tokens,
+                               whole.eval()(ids, m).tokens)
 
     with pytest.raises(ValueError, match="variation must be"):
         enc(ids, m, variation=attrs[:, :4])
-    plain = CemiConditionEncoder(id_dim=32, cross_attention_dim=16)
+    with pytest.raises(ValueError, match="inf"):
+        enc(ids, m, variation=torch.full((n, 5), float("inf")))
+    plain_enc = CemiConditionEncoder(id_dim=32, cross_attention_dim=16)
     with pytest.raises(ValueError, match="num_variation_attrs=0"):
-        plain(ids, m, variation=attrs)
+        plain_enc(ids, m, variation=attrs)
+    with pytest.raises(ValueError, match="variation_route"):
+        CemiConditionEncoder(num_variation_attrs=2, variation_route="sideways")
+    with pytest.raises(ValueError, match="pooled_dim is None"):
+        CemiConditionEncoder(num_variation_attrs=2, variation_route="pooled", pooled_dim=None)
 
 
 def test_identity_dropout_uses_the_learned_null_identity():

@@ -7,9 +7,13 @@ CemiFace appends `C_att = F2(concat(C_id, F1(m)))` as extra keys/values to the U
 In diffusers terms these are the `encoder_hidden_states` tokens that the UNet's cross-attention
 blocks attend to. The pooled vector feeds the UNet's `class_labels` input
 (`class_embed_type="projection"`), so the condition is also added to the timestep embedding
-(DCFace's route). Extra variation tokens carry GANDiffFace-style controllable intra-class
-variation (pose, expression, occluders, light); a learned null token stands in for them when
-they are dropped during training or not given at sampling time.
+(DCFace's route). A per-image variation vector (GANDiffFace's controllable intra-class
+variation: pose, expression, occluders, light; its meaning in cemiray.diffusion.variation) is
+embedded by a small MLP from [value · known, known], so a NaN (unspecified) attribute is masked
+rather than guessed, and reaches the UNet by `variation_route`: extra cross-attention tokens, an
+addition to the pooled vector (hence to every ResNet block's timestep modulation), or both. The
+MLP's last layer starts at zero, so a generator trained without variation can be fine-tuned
+with it and starts exactly where it was.
 """
 
 from __future__ import annotations
@@ -31,14 +35,20 @@ class ConditionOutput:
     pooled: Tensor | None
 
 
+VARIATION_ROUTES = ("tokens", "pooled", "both")
+
+
 class CemiConditionEncoder(ModelMixin, ConfigMixin):
-    """F1 (linear on m) and F2 (MLP on [C_id, F1(m)]) of CemiFace, plus optional variation tokens.
+    """F1 (linear on m) and F2 (MLP on [C_id, F1(m)]) of CemiFace, plus an optional variation
+    condition.
 
     Token layout: `num_tokens` identity/similarity tokens, then `num_variation_tokens` variation
-    tokens when `num_variation_attrs > 0`. Training-time condition dropout (only in `train()`
-    mode): `variation_dropout_prob` replaces a sample's variation tokens by the learned null
-    tokens; `id_dropout_prob` replaces its identity embedding by a learned null identity
-    (IDiff-Face's condition dropout; 0 in CemiFace, which samples without guidance).
+    tokens when `num_variation_attrs > 0` and the route has tokens. Training-time condition
+    dropout (only in `train()` mode): `variation_dropout_prob` makes a sample's whole variation
+    unspecified, `variation_attr_dropout_prob` each of its attributes on its own;
+    `id_dropout_prob` replaces its identity embedding by a learned null identity (IDiff-Face's
+    condition dropout; 0 in CemiFace, which samples without guidance). `variation_spec` (a
+    cemiray.diffusion.variation.VariationSpec config) names the attributes and their scaling.
     """
 
     @register_to_config
@@ -55,6 +65,9 @@ class CemiConditionEncoder(ModelMixin, ConfigMixin):
         variation_hidden_dim: int = 128,
         variation_dropout_prob: float = 0.0,
         id_dropout_prob: float = 0.0,
+        variation_route: str = "tokens",
+        variation_attr_dropout_prob: float = 0.0,
+        variation_spec: dict | None = None,
     ):
         super().__init__()
         for name, value in (
@@ -78,10 +91,24 @@ class CemiConditionEncoder(ModelMixin, ConfigMixin):
             )
         for name, p in (
             ("variation_dropout_prob", variation_dropout_prob),
+            ("variation_attr_dropout_prob", variation_attr_dropout_prob),
             ("id_dropout_prob", id_dropout_prob),
         ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"CemiConditionEncoder: {name} must lie in [0, 1], got {p}")
+        if variation_route not in VARIATION_ROUTES:
+            raise ValueError(f"CemiConditionEncoder: variation_route must be one of "
+                             f"{VARIATION_ROUTES}, got {variation_route!r}")
+        if num_variation_attrs and variation_route != "tokens" and pooled_dim is None:
+            raise ValueError(f"CemiConditionEncoder: variation_route {variation_route!r} adds to "
+                             f"the pooled vector, but pooled_dim is None")
+        if variation_spec is not None:
+            from cemiray.diffusion.variation import VariationSpec
+
+            spec = VariationSpec.from_config(variation_spec)
+            if len(spec) != num_variation_attrs:
+                raise ValueError(f"CemiConditionEncoder: variation_spec names {len(spec)} "
+                                 f"attributes but num_variation_attrs is {num_variation_attrs}")
 
         self.similarity_proj = nn.Linear(1, sim_dim)
         self.fuse = nn.Sequential(nn.Linear(id_dim + sim_dim, hidden_dim), nn.SiLU())
@@ -89,24 +116,37 @@ class CemiConditionEncoder(ModelMixin, ConfigMixin):
         self.token_norm = nn.LayerNorm(cross_attention_dim)
         self.to_pooled = nn.Linear(hidden_dim, pooled_dim) if pooled_dim is not None else None
         self.null_identity = nn.Parameter(torch.zeros(id_dim)) if id_dropout_prob > 0 else None
+        self.variation_mlp = self.variation_out = None
         if num_variation_attrs > 0:
             self.variation_mlp = nn.Sequential(
-                nn.Linear(num_variation_attrs, variation_hidden_dim),
+                nn.Linear(2 * num_variation_attrs, variation_hidden_dim),
                 nn.SiLU(),
-                nn.Linear(variation_hidden_dim, num_variation_tokens * cross_attention_dim),
+                nn.Linear(variation_hidden_dim, variation_hidden_dim),
+                nn.SiLU(),
             )
-            self.null_variation = nn.Parameter(
-                torch.randn(num_variation_tokens, cross_attention_dim) * 0.02
-            )
-        else:
-            self.variation_mlp = None
-            self.null_variation = None
+            width = 0
+            if variation_route != "pooled":
+                width += num_variation_tokens * cross_attention_dim
+            if variation_route != "tokens":
+                width += pooled_dim
+            self.variation_out = nn.Linear(variation_hidden_dim, width)
+            nn.init.zeros_(self.variation_out.weight)
+            nn.init.zeros_(self.variation_out.bias)
 
     @property
     def num_condition_tokens(self) -> int:
         """Length of the token sequence the UNet attends to."""
-        extra = self.config.num_variation_tokens if self.config.num_variation_attrs > 0 else 0
-        return self.config.num_tokens + extra
+        cfg = self.config
+        has_tokens = cfg.num_variation_attrs > 0 and cfg.variation_route != "pooled"
+        return cfg.num_tokens + (cfg.num_variation_tokens if has_tokens else 0)
+
+    @property
+    def variation(self):
+        """The VariationSpec of this encoder's attributes, or None when it was not given."""
+        from cemiray.diffusion.variation import VariationSpec
+
+        spec = self.config.variation_spec
+        return VariationSpec.from_config(spec) if spec else None
 
     def forward(
         self,
@@ -116,8 +156,8 @@ class CemiConditionEncoder(ModelMixin, ConfigMixin):
         generator: torch.Generator | None = None,
     ) -> ConditionOutput:
         """`id_embeddings` N×id_dim, `similarity` N (m per sample), `variation`
-        N×num_variation_attrs or None (null tokens). `generator` drives the training-time
-        condition dropout."""
+        N×num_variation_attrs normalised values, NaN where unspecified (None: all unspecified).
+        `generator` drives the training-time condition dropout."""
         cfg = self.config
         n = id_embeddings.shape[0]
         if id_embeddings.ndim != 2 or id_embeddings.shape[1] != cfg.id_dim:
@@ -143,7 +183,15 @@ class CemiConditionEncoder(ModelMixin, ConfigMixin):
         pooled = self.to_pooled(hidden) if self.to_pooled is not None else None
 
         if self.variation_mlp is not None:
-            tokens = torch.cat([tokens, self._variation_tokens(n, variation, generator, tokens)], 1)
+            extra = self._variation_embedding(n, variation, generator, tokens)
+            width = 0
+            if cfg.variation_route != "pooled":
+                width = cfg.num_variation_tokens * cfg.cross_attention_dim
+                extra_tokens = extra[:, :width].view(n, cfg.num_variation_tokens,
+                                                     cfg.cross_attention_dim)
+                tokens = torch.cat([tokens, extra_tokens], 1)
+            if cfg.variation_route != "tokens":
+                pooled = pooled + extra[:, width:]
         elif variation is not None:
             raise ValueError(
                 "CemiConditionEncoder: got variation attributes but the encoder was built with "
@@ -151,25 +199,32 @@ class CemiConditionEncoder(ModelMixin, ConfigMixin):
             )
         return ConditionOutput(tokens=tokens, pooled=pooled)
 
-    def _variation_tokens(
+    def _variation_embedding(
         self, n: int, variation: Tensor | None, generator: torch.Generator | None, like: Tensor
     ) -> Tensor:
         cfg = self.config
-        null = self.null_variation.to(like.dtype).expand(n, -1, -1)
+        attrs = cfg.num_variation_attrs
         if variation is None:
-            return null
-        if variation.shape != (n, cfg.num_variation_attrs):
+            variation = torch.full((n, attrs), float("nan"), device=like.device)
+        if variation.shape != (n, attrs):
             raise ValueError(
-                f"CemiConditionEncoder: variation must be {n}×{cfg.num_variation_attrs}, "
+                f"CemiConditionEncoder: variation must be {n}×{attrs}, "
                 f"got {tuple(variation.shape)}"
             )
-        embedded = self.variation_mlp(variation.to(like.dtype)).view(
-            n, cfg.num_variation_tokens, cfg.cross_attention_dim
-        )
+        variation = variation.to(like.device, like.dtype)
+        if torch.isinf(variation).any():
+            raise ValueError("CemiConditionEncoder: variation holds inf")
+        known = ~torch.isnan(variation)
         if self.training and cfg.variation_dropout_prob > 0:
             drop = self._drop_mask(n, cfg.variation_dropout_prob, generator, like.device)
-            embedded = torch.where(drop[:, None, None], null, embedded)
-        return embedded
+            known = known & ~drop[:, None]
+        if self.training and cfg.variation_attr_dropout_prob > 0:
+            drop = self._drop_mask(n * attrs, cfg.variation_attr_dropout_prob, generator,
+                                   like.device).view(n, attrs)
+            known = known & ~drop
+        mask = known.to(like.dtype)
+        features = torch.cat([torch.nan_to_num(variation) * mask, mask], dim=1)
+        return self.variation_out(self.variation_mlp(features))
 
     @staticmethod
     def _drop_mask(

@@ -40,12 +40,14 @@ SELF, GENUINE, IMPOSTOR = 0, 1, 2
 
 @dataclass
 class PairBank:
-    """A worker's training rows: `images` uint8 N×3×H×W, `labels` int64 N (identity), and
-    `embeddings` float32 N×D unit vectors E_id(image), all on the CPU."""
+    """A worker's training rows: `images` uint8 N×3×H×W, `labels` int64 N (identity),
+    `embeddings` float32 N×D unit vectors E_id(image) and optionally `variation` float32 N×A
+    (each image's normalised variation attributes, NaN where unknown), all on the CPU."""
 
     images: Tensor
     labels: Tensor
     embeddings: Tensor
+    variation: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0] if self.images.ndim == 4 else -1
@@ -63,13 +65,19 @@ class PairBank:
             )
         self.labels = self.labels.long()
         self.embeddings = self.embeddings.float()
+        if self.variation is not None:
+            self.variation = torch.as_tensor(self.variation, dtype=torch.float32)
+            if self.variation.ndim != 2 or self.variation.shape[0] != n:
+                raise ValueError(f"PairBank: {n} images but variation "
+                                 f"{tuple(self.variation.shape)}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     @property
     def nbytes(self) -> int:
-        parts = (self.images, self.labels, self.embeddings)
+        parts = [self.images, self.labels, self.embeddings]
+        parts += [self.variation] if self.variation is not None else []
         return sum(t.numel() * t.element_size() for t in parts)
 
     def pixels(self, index: Tensor, device: torch.device | str = "cpu") -> Tensor:
@@ -99,9 +107,10 @@ def build_pair_bank(
     identity_encoder: IdentityEncoder | object,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    variation: np.ndarray | Tensor | None = None,
 ) -> PairBank:
-    """A bank from uint8 images (numpy N×H×W×3 or torch N×3×H×W) and identity labels; the
-    embeddings are computed here once with the frozen E_id."""
+    """A bank from uint8 images (numpy N×H×W×3 or torch N×3×H×W), identity labels and optional
+    per-image variation; the embeddings are computed here once with the frozen E_id."""
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(
@@ -113,7 +122,9 @@ def build_pair_bank(
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"build_pair_bank: no images (shape {tuple(images.shape)})")
     embeddings = embed_images(identity_encoder, images, batch_size, device)
-    return PairBank(images=images, labels=labels, embeddings=embeddings)
+    if variation is not None:
+        variation = torch.as_tensor(np.asarray(variation), dtype=torch.float32)
+    return PairBank(images=images, labels=labels, embeddings=embeddings, variation=variation)
 
 
 def snap_to_grid(values: Tensor, step: float = 0.04) -> Tensor:
@@ -283,3 +294,11 @@ class PairSampler:
             bank.embeddings[index.target].to(device),
             index.m.to(device),
         )
+
+    def variation(self, index: PairIndex, device: torch.device | str = "cpu") -> Tensor | None:
+        """The target images' variation (what x_t shows), or None when the bank has none. With
+        self pairs the target is the inquiry, so the paper's self-target recipe conditions on
+        the inquiry's own variation."""
+        if self.bank.variation is None:
+            return None
+        return self.bank.variation[index.target].to(device)

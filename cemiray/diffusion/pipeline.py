@@ -81,7 +81,7 @@ class CemiFacePipeline(DiffusionPipeline):
         seeds: Sequence[int],
         num_inference_steps: int = 20,
         scheduler: str | None = "ddim",
-        variation: Tensor | None = None,
+        variation: Tensor | Sequence[dict | None] | None = None,
         recognizer: IdentityEncoder | None = None,
         output_type: str = "np",
         device: torch.device | str | None = None,
@@ -102,6 +102,10 @@ class CemiFacePipeline(DiffusionPipeline):
         pred(m_ref) + g·(pred(m) − pred(m_ref)), classifier-free guidance along the m axis: it
         spreads achieved similarities away from m_ref (at twice the UNet cost). g = 1 is the
         plain CemiFace sampler.
+
+        `variation`: N×A normalised values (NaN: unspecified) or, when the encoder carries a
+        variation spec, one request per image by name ({"glasses": true, "yaw": 20.0}, None:
+        nothing requested), checked against the trained ranges.
         """
         device = self._check_device(device)
         n = validate_embeddings(id_embeddings, self.condition_encoder.config.id_dim)
@@ -203,11 +207,20 @@ class CemiFacePipeline(DiffusionPipeline):
             raise ValueError(
                 "variation given but the condition encoder has no variation attributes"
             )
+        if isinstance(variation, (list, tuple)) and all(
+                v is None or isinstance(v, dict) for v in variation):
+            spec = self.condition_encoder.variation
+            if spec is None:
+                raise ValueError("variation given by name but the condition encoder has no "
+                                 "variation_spec; give normalised values")
+            if len(variation) != n:
+                raise ValueError(f"variation must hold {n} requests, got {len(variation)}")
+            variation = spec.encode_requests(list(variation))
         variation = torch.as_tensor(variation, dtype=torch.float32)
         if variation.shape != (n, attrs):
             raise ValueError(f"variation must be {n}×{attrs}, got {tuple(variation.shape)}")
-        if not torch.isfinite(variation).all():
-            raise ValueError("variation holds NaN or inf")
+        if torch.isinf(variation).any():
+            raise ValueError("variation holds inf (NaN marks an unspecified attribute)")
         return variation
 
     def _make_scheduler(self, name: str | None):

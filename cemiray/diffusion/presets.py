@@ -50,6 +50,9 @@ class GeneratorPreset:
     num_variation_attrs: int = 0
     num_variation_tokens: int = 1
     variation_dropout_prob: float = 0.0
+    variation_attr_dropout_prob: float = 0.0
+    variation_route: str = "tokens"
+    variation_spec: dict | None = None
     id_dropout_prob: float = 0.0
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
@@ -126,6 +129,9 @@ class GeneratorPreset:
             "num_variation_attrs": self.num_variation_attrs,
             "num_variation_tokens": self.num_variation_tokens,
             "variation_dropout_prob": self.variation_dropout_prob,
+            "variation_attr_dropout_prob": self.variation_attr_dropout_prob,
+            "variation_route": self.variation_route,
+            "variation_spec": self.variation_spec,
             "id_dropout_prob": self.id_dropout_prob,
         }
 

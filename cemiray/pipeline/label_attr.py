@@ -21,6 +21,7 @@ from pydantic import Field
 
 from cemiray.assets import TOYFACES_ATTRIBUTES
 from cemiray.data import storage
+from cemiray.data.row_keys import row_key
 from cemiray.runtime.config import JobConfig, RayConfig
 
 
@@ -38,17 +39,6 @@ class LabelAttrConfig(JobConfig):
     use_gpu: bool = False
     gpus_per_actor: float = Field(0.5, gt=0, le=1)
     ray: RayConfig = Field(default_factory=RayConfig)
-
-
-def row_key(row: dict) -> str:
-    """What identifies a row to its owner, whatever the source kind."""
-    if "class_name" in row and "filename" in row:
-        return f"{row['class_name']}/{row['filename']}"
-    if "identity" in row and "sample" in row:
-        return f"{row['identity']}/{row['sample']}"
-    if "sample" in row and "label" in row:
-        return f"{row['label']}/{row['sample']}"
-    return str(row["index"])
 
 
 def keyed_rows(names: list[str]):

@@ -27,10 +27,11 @@ class GeneratorTrainModule(nn.Module):
 
     def forward(self, x_t: torch.Tensor, inquiry_emb: torch.Tensor, target_emb: torch.Tensor,
                 m: torch.Tensor, generator: torch.Generator | None = None,
-                step: int | None = None) -> dict[str, torch.Tensor]:
+                step: int | None = None,
+                variation: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return training_step(self.unet, self.condition_encoder, self.noise_scheduler, x_t,
                              inquiry_emb, m, self.loss_fn, generator=generator, step=step,
-                             target_embeddings=target_emb)
+                             target_embeddings=target_emb, variation=variation)
 
 
 class UncondTrainModule(nn.Module):

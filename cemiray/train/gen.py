@@ -11,6 +11,12 @@ engine; gradients flow through it into x̂0 only. Weights are averaged (EMA) on 
 average travels in the checkpoints and is what gets exported: a diffusers-style pipeline folder
 (`unet/`, `condition_encoder/`, `scheduler/`, model_index.json) at `out/generator`.
 
+With `variation=[names]` every image also carries its variation attributes (from the source,
+or a `variation_table` for real data; cemiray.train.variation_data) and the generator learns them
+as a condition beside C_id and m, the target image's variation (what x_t shows), with whole and
+per-attribute dropout so that "unspecified" stays a valid request. Their scaling is measured from
+the data here and saved in the condition encoder's config (cemiray.diffusion.variation).
+
 Runs continue across jobs: `out/checkpoint.json` names the last checkpoint, which a later run
 takes as `resume_from` (weights, optimizer, EMA, step); `init_from` starts from the weights of a
 generator folder instead. `max_minutes` ends a run cleanly (checkpoint + export) at a deadline.
@@ -66,7 +72,23 @@ class TrainGenConfig(JobConfig):
     read_parts: int = Field(4, ge=1)
     resume_from: str | None = Field(None, description="a train-gen checkpoint (see "
                                                       "out/checkpoint.json)")
-    init_from: str | None = Field(None, description="a generator folder to start from")
+    init_from: str | None = Field(None, description="a generator folder to start from (one "
+                                  "trained without variation may be; its variation layers start "
+                                  "at zero)")
+    variation: list[str] = Field(default_factory=list, description="variation attributes to "
+                                 "condition on, e.g. [yaw, glasses] (the source's own values or "
+                                 "variation_table's columns)")
+    variation_table: str | None = Field(None, description="Parquet file/folder or CSV with a "
+                                        "key column and one column per variation attribute")
+    variation_key: str = Field("key", description="variation_table's key column (label-attr's "
+                               "`key`: class/filename, identity/sample, ...)")
+    variation_route: Literal["tokens", "pooled", "both"] = Field(
+        "pooled", description="how the variation reaches the UNet: cross-attention tokens, the "
+        "pooled vector (timestep modulation), or both")
+    variation_dropout: float = Field(0.1, ge=0, le=1, description="share of examples whose "
+                                     "whole variation is dropped")
+    variation_attr_dropout: float = Field(0.3, ge=0, le=1, description="share of attribute "
+                                          "values dropped one by one")
     seed: int = 0
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -85,7 +107,19 @@ class TrainGenConfig(JobConfig):
                              "(the generator's parameters fit one device)")
         if self.resume_from and self.init_from:
             raise ValueError("give resume_from or init_from, not both")
+        if len(set(self.variation)) != len(self.variation):
+            raise ValueError(f"variation names repeat: {self.variation}")
+        if self.variation_table and not self.variation:
+            raise ValueError("variation_table given without variation: name the attributes "
+                             "(its columns) to condition on")
         return self
+
+    def variation_overrides(self, spec) -> dict[str, Any]:
+        """The preset fields that give the generator this variation condition."""
+        return {"num_variation_attrs": len(spec), "variation_spec": spec.to_config(),
+                "variation_route": self.variation_route,
+                "variation_dropout_prob": self.variation_dropout,
+                "variation_attr_dropout_prob": self.variation_attr_dropout}
 
     def resolved_preset(self):
         from cemiray.diffusion.presets import resolve_preset
@@ -156,15 +190,25 @@ def start_ema_training(model, cfg, rank: int):
 
 
 def load_generator_weights(module, url: str) -> None:
-    """Weights of a generator folder into the train module (its architecture must match)."""
+    """Weights of a generator folder into the train module (its architecture must match, except
+    that a generator without variation may start one with it: those layers keep their zeros)."""
     from cemiray.diffusion.pipeline import load_pipeline
 
     pipe = load_pipeline(url)
     for name, source in (("unet", pipe.unet), ("condition_encoder", pipe.condition_encoder)):
+        target = getattr(module, name)
+        state = source.state_dict()
+        new_variation = (name == "condition_encoder"
+                         and source.config.num_variation_attrs == 0
+                         and target.config.num_variation_attrs > 0)
         try:
-            getattr(module, name).load_state_dict(source.state_dict(), strict=True)
+            result = target.load_state_dict(state, strict=not new_variation)
         except RuntimeError as exc:
             raise ValueError(f"init_from {url}: {name} does not fit the preset ({exc})") from exc
+        wrong = [k for k in result.missing_keys if not k.startswith("variation_")]
+        if wrong or result.unexpected_keys:
+            raise ValueError(f"init_from {url}: {name} does not fit the preset (missing "
+                             f"{wrong}, unexpected {result.unexpected_keys})")
 
 
 def export_generator(module, ema: EmaWeights, cfg: TrainGenConfig, meta: dict) -> str:
@@ -189,21 +233,32 @@ def export_generator(module, ema: EmaWeights, cfg: TrainGenConfig, meta: dict) -
     return url
 
 
-def read_shard(shard, size: int):
-    """Every row of this worker's data shard as (uint8 N×S×S×3 images, int64 labels)."""
+def read_shard(shard, size: int, variation: list[str] = ()):
+    """Every row of this worker's data shard as (uint8 N×S×S×3 images, int64 labels, {name:
+    float64 N values, NaN unknown} of the `variation` attributes)."""
     import numpy as np
 
     from cemiray.data.images import decode_image, resize
 
-    images, labels = [], []
+    images, labels, values = [], [], {name: [] for name in variation}
     for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
         for data in batch["image"]:
             arr = decode_image(bytes(data), where=f"train-gen row {len(images)}")
             images.append(resize(arr, size) if arr.shape[:2] != (size, size) else arr)
         labels.extend(int(v) for v in batch["label"])
+        for name in variation:
+            values[name].extend(float(v) for v in batch[f"v:{name}"])
     if not images:
         raise ValueError("train-gen: this worker's data shard is empty; add data or workers")
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    columns = {name: np.asarray(v, dtype=np.float64) for name, v in values.items()}
+    return np.stack(images), np.asarray(labels, dtype=np.int64), columns
+
+
+def encoder_spec(preset):
+    """The preset's VariationSpec, or None when it has no variation condition."""
+    from cemiray.diffusion.variation import VariationSpec
+
+    return VariationSpec.from_config(preset.variation_spec) if preset.variation_spec else None
 
 
 def stop_now(deadline: float | None, device) -> bool:
@@ -237,8 +292,11 @@ def train_loop(config: dict) -> None:
         cfg.distributed, cfg.max_steps, cfg.epochs, config["steps_per_epoch"])
 
     recognizer = load_recognizer(cfg.recognizer, device=device)
-    images, labels = read_shard(ray.train.get_dataset_shard("train"), preset.image_size)
-    bank = build_pair_bank(images, labels, recognizer, device=device)
+    images, labels, columns = read_shard(ray.train.get_dataset_shard("train"), preset.image_size,
+                                         cfg.variation)
+    spec = encoder_spec(preset)
+    bank = build_pair_bank(images, labels, recognizer, device=device,
+                           variation=spec.encode_columns(columns) if spec else None)
     del images
     sampler = PairSampler(
         bank, cfg.resolved_pairing(), m_step=cfg.m_step, m_range=cfg.m_range,
@@ -277,7 +335,8 @@ def train_loop(config: dict) -> None:
     while step < total_steps and not stopped:
         index = sampler.sample(cfg.batch_size, gen)
         x_t, e_q, e_t, m = sampler.batch(index, device)
-        terms = engine(x_t.to(dtype), e_q, e_t, m, generator=gen, step=step)
+        terms = engine(x_t.to(dtype), e_q, e_t, m, generator=gen, step=step,
+                       variation=sampler.variation(index, device))
         engine.backward(terms["total"])
         boundary = engine.is_gradient_accumulation_boundary()  # before step() counts it
         engine.step()
@@ -317,7 +376,8 @@ def run(cfg: TrainGenConfig) -> dict:
     t0, started = time.perf_counter(), time.time()
     # Ray workers run elsewhere: local paths must not depend on the driver's directory.
     cfg = cfg.model_copy(update={k: storage.absolute(getattr(cfg, k))
-                                 for k in ("out", "recognizer", "resume_from", "init_from")})
+                                 for k in ("out", "recognizer", "resume_from", "init_from",
+                                           "variation_table")})
     preset = cfg.resolved_preset()
     source = Source.parse(cfg.data)
     recognizer = load_recognizer(cfg.recognizer)
@@ -327,8 +387,23 @@ def run(cfg: TrainGenConfig) -> dict:
                          f"preset_overrides.id_dim")
     init_ray(cfg.ray)
     storage.makedirs(cfg.out)
+    if cfg.variation:
+        from cemiray.diffusion.variation import VariationSpec
+        from cemiray.train.variation_data import variation_columns, variation_dataset
+
+        ds = variation_dataset(source, cfg.variation, cfg.variation_table, cfg.variation_key,
+                               cfg.read_parts)
+        spec = VariationSpec.measure(cfg.variation, variation_columns(ds, cfg.variation))
+        cfg = cfg.model_copy(update={"preset_overrides": {**cfg.preset_overrides,
+                                                          **cfg.variation_overrides(spec)}})
+        preset = cfg.resolved_preset()
+        print("train-gen: variation " + ", ".join(
+            f"{a.name} ({a.kind}" + (f" {a.low:.3g}..{a.high:.3g}" if a.kind == "continuous"
+                                     else "") + ")" for a in spec.attributes)
+              + f", route {cfg.variation_route}", flush=True)
+    else:
+        ds = face_dataset(source, parts=cfg.read_parts)
     cfg.save(cfg.out)
-    ds = face_dataset(source, parts=cfg.read_parts)
     n_rows, n_classes = ds.count(), num_classes(ds)
     if cfg.resolved_pairing() == "identity" and n_classes < 2:
         raise ValueError(f"train-gen: pairing 'identity' needs >= 2 identities in {cfg.data}")
