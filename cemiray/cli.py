@@ -78,6 +78,9 @@ JOBS: dict[str, Job] = {
     "bench-gan": Job("cemiray.bench.gan", "BenchGANConfig",
                      "benchmark: GAN identities' speed, realism, novelty and demographic "
                      "control, measured by independent models"),
+    "bench-variation": Job("cemiray.bench.variation", "BenchVariationConfig",
+                           "benchmark: requested against measured variation of the generator, "
+                           "by the independent estimator and judge"),
     "label-attr": Job("cemiray.pipeline.label_attr", "LabelAttrConfig",
                       "label a whole face dataset with an attribute model (Ray Data)"),
     "seeds": Job("cemiray.pipeline.seeds.job", "SeedsConfig",
