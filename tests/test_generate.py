@@ -32,6 +32,10 @@ GEN_16 = {"image_size": 16, "id_dim": ID_DIM, "block_out_channels": (8, 16),
 # Heavy enough (≈ 20 s of one core for the 80 images, 3 tries each) that a second actor, started
 # when the first one is busy, arrives while work remains: actor start-up costs ≈ 6 s here.
 GEN_32 = {**GEN_16, "image_size": 32, "block_out_channels": (32, 64)}
+VARIED = {**GEN_16, "num_variation_attrs": 2, "variation_route": "both", "variation_spec": {
+    "attributes": [{"name": "yaw", "kind": "continuous", "mean": 0.0, "std": 15.0, "low": -30.0,
+                    "high": 30.0},
+                   {"name": "glasses", "kind": "binary"}]}}
 N, K = 20, 4
 STRIDE = 1_000_003  # closed_loop_generate's default seed stride
 
@@ -49,6 +53,9 @@ def make_inputs(root: Path, n: int, generator: dict, judge: bool = False) -> dic
 
     torch.manual_seed(0)
     unet, encoder = build_generator("tiny", **generator)
+    if encoder.variation_out is not None:  # as if trained: the variation layer starts at zero
+        with torch.no_grad():
+            encoder.variation_out.weight.normal_(0, 0.5)
     pipe = CemiFacePipeline(unet=unet.eval(), condition_encoder=encoder.eval(),
                             scheduler=build_sample_scheduler("tiny", **generator))
     paths = {"generator": str(root / "generator"), "recognizer": str(root / "recognizer"),
@@ -237,26 +244,40 @@ def test_rerunning_a_finished_dataset_keeps_every_shard(generated):
     assert storage.exists(again["manifest"])
 
 
-def test_variation_conditions_reach_the_generator(tmp_path):
-    """No Ray: a sampler actor driven directly with a generator that takes 2 variation attributes."""
+def test_variation_plans_reach_the_generator_and_rows_record_request_and_measure(tmp_path):
+    """No Ray: a sampler actor driven directly with a generator that knows yaw and glasses; the
+    shipped independent estimator reads each image's variation."""
+    from cemiray.assets import TOYFACES_ATTRIBUTES_JUDGE
     from cemiray.pipeline.generate.job import prepare_inputs
     from cemiray.pipeline.generate.sampler_actor import SamplerActor
     from cemiray.pipeline.generate.shard_plan import work_items
 
-    paths = make_inputs(tmp_path, 4, {**GEN_16, "num_variation_attrs": 2})
+    paths = make_inputs(tmp_path, 4, VARIED)
     cfg = GenerateConfig(out=str(tmp_path / "out"), **paths, samples_per_identity=3, steps=2,
-                         variation={"low": [-1.0, 0.0], "high": [1.0, 0.5]})
-    with pytest.raises(ValueError, match="variation gives 1 attribute"):
+                         variation={"kind": "grid", "levels": 2},
+                         variation_estimator=TOYFACES_ATTRIBUTES_JUDGE)
+    plain = make_inputs(tmp_path / "plain", 4, GEN_16)
+    with pytest.raises(ValueError, match="trained without a variation condition"):
+        prepare_inputs(GenerateConfig(out=str(tmp_path / "o"), **plain, variation={}))
+    with pytest.raises(ValueError, match="variation.attributes \\['tilt'\\]"):
         prepare_inputs(GenerateConfig.model_validate(
-            {**cfg.model_dump(), "variation": {"low": [0.0], "high": [1.0]}}))
+            {**cfg.model_dump(), "variation": {"attributes": ["tilt"]}}))
     inputs = prepare_inputs(cfg)
+    low, high = inputs.variation.attributes[0].low, inputs.variation.attributes[0].high
     shard = plan_shards(4, 4)[0]
-    item = work_items(shard, inputs.table, 3, cfg.schedule, 0, 4, variation=cfg.variation)[0]
-    actor = SamplerActor(cfg.generator, cfg.recognizer, inputs.hashes, cfg.sampling)
+    item = work_items(shard, inputs.table, 3, cfg.schedule, 0, 4, variation=inputs.variation)[0]
+    requests = [json.loads(r) for r in item["variation_request"]]
+    assert requests[:3] == [{}, {"yaw": low}, {"yaw": high}] and requests[3] == {}
+    assert np.isnan(item["variation"][0]).all() and np.isnan(item["variation"][1, 1])
+    actor = SamplerActor(cfg.generator, cfg.recognizer, inputs.hashes, cfg.sampling,
+                         variation_estimator=cfg.variation_estimator)
     out = next(actor.generate_chunk(item))
-    assert np.array_equal(out["variation"], item["variation"])
+    assert list(out["variation"]) == list(item["variation_request"])
+    measured = [json.loads(m) for m in out["variation_measured"]]
+    assert set(measured[0]) == {"yaw", "glasses"} and measured[0]["glasses"] in (0, 1)
     assert out["pixels"].shape == (12, 16, 16, 3) and out["pixels"].dtype == np.uint8
-    flipped = {**item, "variation": -item["variation"]}
+    v = item["variation"]
+    flipped = {**item, "variation": np.where(np.isnan(v), 1.0, -v).astype(np.float32)}
     assert not np.array_equal(next(actor.generate_chunk(flipped))["pixels"], out["pixels"])
     assert np.array_equal(next(actor.generate_chunk(item))["pixels"], out["pixels"])
 
@@ -271,14 +292,14 @@ def test_guided_closed_loop_keeps_each_images_variation_and_records_guidance(tmp
     from cemiray.pipeline.generate.shard_plan import work_items
     from cemiray.pipeline.generate.streaming import shard_rows
 
-    paths = make_inputs(tmp_path, 4, {**GEN_16, "num_variation_attrs": 2})
+    paths = make_inputs(tmp_path, 4, VARIED)
     cfg = GenerateConfig(out=str(tmp_path / "out"), **paths, samples_per_identity=3, steps=2,
-                         variation={"low": [-1.0, 0.0], "high": [1.0, 0.5]},
+                         variation={"kind": "uniform"},
                          closed_loop={"tolerance": 2.0, "max_tries": 2},
                          guidance_scale=2.0, guidance_m=0.25)
     inputs = prepare_inputs(cfg)
     item = work_items(plan_shards(4, 4)[0], inputs.table, 3, cfg.schedule, 0, 4,
-                      variation=cfg.variation)[0]
+                      variation=inputs.variation)[0]
     actor = SamplerActor(cfg.generator, cfg.recognizer, inputs.hashes, cfg.sampling)
     assert cfg.sampling.closed_loop.max_tries == 2 and cfg.sampling.guidance_scale == 2.0
     out = next(actor.generate_chunk(item))
@@ -287,7 +308,7 @@ def test_guided_closed_loop_keeps_each_images_variation_and_records_guidance(tmp
     pipe = load_pipeline(cfg.generator)
     embeddings = np.stack(list(item["embeddings"])).astype(np.float32)
     ids = torch.from_numpy(embeddings[np.asarray(item["image_identity"])])
-    kw = {"num_inference_steps": 2, "variation": torch.from_numpy(out["variation"])}
+    kw = {"num_inference_steps": 2, "variation": [json.loads(r) for r in out["variation"]]}
     targets, seeds = np.asarray(item["targets"]), [int(x) for x in item["seeds"]]
     guided = pipe(ids, targets, seeds, guidance_scale=2.0, guidance_m=0.25, **kw).images
     assert np.array_equal(out["pixels"], guided)
@@ -297,7 +318,7 @@ def test_guided_closed_loop_keeps_each_images_variation_and_records_guidance(tmp
             for i in range(len(out["label"]))]
     stored = list(shard_rows(rows, cfg, inputs))
     assert {(r["guidance_scale"], r["guidance_m"]) for r in stored} == {(2.0, 0.25)}
-    assert all(len(r["variation"]) == 2 for r in stored)
+    assert all(set(json.loads(r["variation"])) == {"yaw", "glasses"} for r in stored)
     unguided = cfg.model_copy(update={
         "sampling": cfg.sampling.model_copy(update={"guidance_scale": 1.0})})
     assert all("guidance_scale" not in r for r in shard_rows(rows, unguided, inputs))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from cemiray.diffusion.variation import VariationSpec
 from cemiray.pipeline.generate.job import GenerateConfig
 from cemiray.pipeline.generate.schedules import (
     ConstantSchedule,
@@ -16,7 +17,6 @@ from cemiray.pipeline.generate.schedules import (
     MixtureSchedule,
     Schedule,
     UniformSchedule,
-    VariationSchedule,
     image_seeds,
     schedule_shorthand,
     uniform01,
@@ -31,6 +31,7 @@ from cemiray.pipeline.generate.shard_plan import (
     work_items,
     write_plan,
 )
+from cemiray.pipeline.generate.variation_plan import ResolvedPlan, VariationPlan
 from cemiray.pipeline.seeds.table import SeedTable, random_identities
 from cemiray.runtime.config import ConfigError, load_config
 
@@ -119,22 +120,49 @@ def test_other_schedule_mistakes_are_config_errors():
         load_config(GenerateConfig, None, ["seeds=s", "generator=g", "recognizer=r",
                                            "schedule.kind=uniform", "schedule.low=0"])
     both = GenerateConfig(seeds="s", generator="g", recognizer="r", closed_loop={},
-                          variation={"low": [0.0], "high": [1.0]})
-    assert both.sampling.closed_loop.max_tries == 4 and both.variation.low == [0.0]
+                          variation={"kind": "uniform"})
+    assert both.sampling.closed_loop.max_tries == 4 and both.variation.kind == "uniform"
     for field, value in (("guidance_scale", -1.0), ("guidance_m", 1.5)):
         with pytest.raises(ValidationError, match=field):
             GenerateConfig(seeds="s", generator="g", recognizer="r", **{field: value})
 
 
-def test_variation_values_lie_in_their_bands():
+def test_variation_plans_are_pure_functions_of_the_image(tmp_path):
+    spec = VariationSpec.from_config({"attributes": [
+        {"name": "yaw", "kind": "continuous", "mean": 0.0, "std": 15.0, "low": -30.0,
+         "high": 30.0}, {"name": "glasses", "kind": "binary"}]})
     ids, samples = grid()
-    var = VariationSchedule(low=[-1.0, 0.0], high=[1.0, 0.5]).values(1, ids, samples)
-    assert var.shape == (len(ids), 2) and var.dtype == np.float32
-    assert var[:, 0].min() >= -1 and var[:, 0].max() <= 1
-    assert var[:, 1].min() >= 0 and var[:, 1].max() <= 0.5
-    assert abs(np.corrcoef(var[:, 0], var[:, 1])[0, 1]) < 0.03
-    with pytest.raises(ValidationError, match="1 low bounds but 2 high"):
-        VariationSchedule(low=[0.0], high=[1.0, 1.0])
+    uniform = ResolvedPlan(VariationPlan(kind="uniform", presence=0.25,
+                                         ranges={"yaw": (0.0, 10.0)}), spec)
+    req = uniform.requests(1, ids, samples)
+    assert req == uniform.requests(1, ids, samples) != uniform.requests(2, ids, samples)
+    yaw = np.array([r["yaw"] for r in req])
+    assert yaw.min() >= 0 and yaw.max() <= 10 and yaw.std() > 2
+    assert abs(np.mean([r["glasses"] for r in req]) - 0.25) < 0.03
+    encoded = uniform.encode(req)
+    assert encoded.shape == (len(req), 2) and set(np.unique(encoded[:, 1])) == {-1.0, 1.0}
+
+    table = tmp_path / "real.csv"
+    table.write_text("key,yaw,glasses\na,-50.0,1\nb,5.0,0\nc,,1\n")
+    target = ResolvedPlan(VariationPlan(kind="target", table=str(table)), spec)
+    assert target.clipped == 1  # -50 lies outside the trained range: clipped to -30
+    drawn = target.requests(0, ids, samples)
+    kinds = {json.dumps(r, sort_keys=True) for r in drawn}
+    assert kinds == {'{"glasses": true, "yaw": -30.0}', '{"glasses": false, "yaw": 5.0}',
+                     '{"glasses": true}'}
+
+    only_yaw = ResolvedPlan(VariationPlan(kind="grid", attributes=["yaw"], levels=3), spec)
+    assert only_yaw.grid() == [None, {"yaw": -30.0}, {"yaw": 0.0}, {"yaw": 30.0}]
+    assert only_yaw.requests(0, [5, 5], [4, 6]) == [None, {"yaw": 0.0}]
+    for plan, message in ((VariationPlan(attributes=["tilt"]), "\\['tilt'\\]"),
+                          (VariationPlan(kind="uniform", ranges={"yaw": (-40.0, 0.0)}),
+                           "not inside the trained range"),
+                          (VariationPlan(kind="uniform", ranges={"glasses": (0.0, 1.0)}),
+                           "not a planned continuous"),
+                          (VariationPlan(kind="target"), "needs variation.table"),
+                          (VariationPlan(kind="grid", table=str(table)), "only by kind=target")):
+        with pytest.raises(ValueError, match=message):
+            ResolvedPlan(plan, spec)
 
 
 def _table(n: int) -> SeedTable:

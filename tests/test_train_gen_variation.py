@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import TINY
 
+from cemiray.data.attribute_tables import read_table
 from cemiray.diffusion import load_pipeline
 from cemiray.diffusion.pipeline import CemiFacePipeline, save_pipeline
 from cemiray.diffusion.presets import build_generator, build_sample_scheduler, resolve_preset
@@ -21,7 +22,6 @@ from cemiray.models.serialization import save_model_folder
 from cemiray.train.diffusion_modules import GeneratorTrainModule
 from cemiray.train.engine import read_metrics
 from cemiray.train.gen import TrainGenConfig, load_generator_weights, run
-from cemiray.train.variation_data import read_table
 
 
 def spec_of(**columns):

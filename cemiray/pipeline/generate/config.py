@@ -15,14 +15,15 @@ from cemiray.diffusion.sampling import SamplingSpec, lift_sampling_keys
 from cemiray.pipeline.generate.schedules import (
     ConstantSchedule,
     Schedule,
-    VariationSchedule,
     schedule_shorthand,
 )
+from cemiray.pipeline.generate.variation_plan import VariationPlan
 from cemiray.runtime.config import JobConfig, RayConfig
 
 OUTPUT_COLUMNS = (
     "image", "label", "sample", "seed_id", "source", "target_m", "similarity",
-    "judge_similarity", "seed", "tries", "within_tolerance", "variation", "scheduler", "steps",
+    "judge_similarity", "seed", "tries", "within_tolerance", "variation", "variation_measured",
+    "scheduler", "steps",
     "guidance_scale", "guidance_m", "generator_sha256", "recognizer_sha256", "judge_sha256",
     "shard", "worker_pid", "pixels",
 )
@@ -64,7 +65,12 @@ class GenerateConfig(JobConfig):
     samples_per_identity: int = Field(50, ge=1)
     identities_per_shard: int = Field(50, ge=1)
     schedule: Schedule = Field(default_factory=ConstantSchedule)
-    variation: VariationSchedule | None = None
+    variation: VariationPlan | None = Field(None, description="variation plan per identity "
+                                            "(grid, uniform or a real set's distribution); "
+                                            "needs a variation-conditioned generator")
+    variation_estimator: str | None = Field(None, description="independent attribute model "
+                                            "that measures each image's variation "
+                                            "(recorded beside the request)")
     seed: int = Field(0, ge=0, description="global seed of targets, noise and variation")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="steps, scheduler, "
                                    "guidance and closed loop of every image (the flat keys "

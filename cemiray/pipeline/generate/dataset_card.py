@@ -210,8 +210,14 @@ def _made_section(m: dict[str, Any]) -> list[str]:
         lines.append(f"- Closed loop: images further than {loop['tolerance']} from their target "
                      f"were re-sampled, at most {loop['max_tries']} tries, closest kept")
     if cfg.get("variation"):
-        lines.append(f"- Variation conditions: uniform per attribute in "
-                     f"{list(zip(cfg['variation']['low'], cfg['variation']['high']))}")
+        plan = cfg["variation"]
+        lines.append(f"- Variation plan: {plan['kind']} over "
+                     f"{plan.get('attributes') or 'every attribute of the generator'}"
+                     + (f" from `{plan['table']}`" if plan.get("table") else "")
+                     + "; each row records its request (`variation`, JSON)"
+                     + (f" and the independent estimator's reading (`variation_measured`, "
+                        f"`{cfg['variation_estimator']}`)" if cfg.get("variation_estimator")
+                        else ""))
     sources = m.get("sources") or {}
     if sources:
         lines.append("- Identity sources: " + ", ".join(f"{k} ({v})" for k, v in sources.items()))

@@ -27,15 +27,17 @@ class Inputs:
     image_size: int
     hashes: dict[str, str | None]
     audit: dict[str, Any] | None
+    variation: Any = None  # a ResolvedPlan (cemiray.pipeline.generate.variation_plan)
 
 
 def absolute_paths(cfg: GenerateConfig) -> GenerateConfig:
     """Relative local paths made absolute: Ray workers run in other folders."""
-    fields = ("out", "seeds", "generator", "recognizer", "judge", "leakage_audit")
+    fields = ("out", "seeds", "generator", "recognizer", "judge", "leakage_audit",
+              "variation_estimator")
     return cfg.model_copy(update={f: storage.absolute(getattr(cfg, f)) for f in fields})
 
 
-def _generator_facts(url: str) -> dict[str, int]:
+def _generator_facts(url: str) -> dict[str, Any]:
     """id_dim, variation attributes and image size from the generator folder's configs."""
     index = storage.join(url, "model_index.json")
     if not storage.exists(index):
@@ -48,6 +50,7 @@ def _generator_facts(url: str) -> dict[str, int]:
         raise ValueError(f"{url}: unreadable component config ({exc})") from exc
     return {"id_dim": int(encoder["id_dim"]),
             "variation_attrs": int(encoder.get("num_variation_attrs", 0)),
+            "variation_spec": encoder.get("variation_spec"),
             "image_size": int(unet["sample_size"])}
 
 
@@ -58,10 +61,24 @@ def prepare_inputs(cfg: GenerateConfig) -> Inputs:
     from cemiray.pipeline.seeds.table import read_seed_table
 
     facts = _generator_facts(cfg.generator)
-    attrs = cfg.variation.num_attrs if cfg.variation else 0
-    if attrs != facts["variation_attrs"]:
-        raise ValueError(f"variation gives {attrs} attribute(s) but the generator "
-                         f"{cfg.generator} takes {facts['variation_attrs']}")
+    variation = None
+    if cfg.variation:
+        from cemiray.diffusion.variation import VariationSpec
+        from cemiray.pipeline.generate.variation_plan import ResolvedPlan
+
+        if not facts["variation_spec"]:
+            raise ValueError(f"variation planned but the generator {cfg.generator} was trained "
+                             f"without a variation condition (train-gen variation=[...])")
+        variation = ResolvedPlan(cfg.variation, VariationSpec.from_config(facts["variation_spec"]))
+    if cfg.variation_estimator:
+        from cemiray.models.attributes import load_attribute_model
+
+        if not cfg.variation:
+            raise ValueError("variation_estimator given without a variation plan")
+        readable = {s.name for s in load_attribute_model(cfg.variation_estimator).specs}
+        if not readable & {a.name for a in variation.attributes}:
+            raise ValueError(f"variation_estimator {cfg.variation_estimator} reads "
+                             f"{sorted(readable)}, none of the planned attributes")
     recognizer = load_recognizer(cfg.recognizer, "cpu")
     if recognizer.dim != facts["id_dim"]:
         raise ValueError(f"recognizer {cfg.recognizer} embeds to {recognizer.dim} values but the "
@@ -80,6 +97,8 @@ def prepare_inputs(cfg: GenerateConfig) -> Inputs:
                             need_images=cfg.judge is not None, reserved=OUTPUT_COLUMNS)
     hashes = {"seeds": table.sha256, "generator": model_hash(cfg.generator),
               "recognizer": model_hash(cfg.recognizer),
-              "judge": model_hash(cfg.judge) if cfg.judge else None}
+              "judge": model_hash(cfg.judge) if cfg.judge else None,
+              "variation_estimator": (model_hash(cfg.variation_estimator)
+                                      if cfg.variation_estimator else None)}
     return Inputs(table=table, id_dim=facts["id_dim"], image_size=facts["image_size"],
-                  hashes=hashes, audit=audit)
+                  hashes=hashes, audit=audit, variation=variation)

@@ -46,6 +46,7 @@ class SamplerActor:
         judge: str | None = None,
         use_gpu: bool = False,
         images_per_call: int = 64,
+        variation_estimator: str | None = None,
     ) -> None:
         from cemiray.diffusion.pipeline import load_pipeline
         from cemiray.models.recognizer import load_recognizer
@@ -62,6 +63,15 @@ class SamplerActor:
         if judge:
             check_hash(judge, hashes["judge"], "judge")
             self.judge = load_recognizer(judge, self.device)
+        self.estimator = None
+        if variation_estimator:
+            from cemiray.models.attributes import load_attribute_model
+
+            check_hash(variation_estimator, hashes["variation_estimator"], "variation estimator")
+            self.estimator = load_attribute_model(variation_estimator, self.device)
+            spec = pipe.condition_encoder.variation
+            self.measured_names = [s.name for s in self.estimator.specs
+                                   if spec is not None and s.name in spec.names]
         self.sampling = sampling
         self.images_per_call = int(images_per_call)
         self.pid = os.getpid()
@@ -83,6 +93,7 @@ class SamplerActor:
         variation = item.get("variation")
         if variation is not None:
             variation = np.asarray(np.stack(list(variation)), dtype=np.float32)
+            requested = np.asarray(item["variation_request"], dtype=object)
         inquiry = self._judge_inquiry(item) if self.judge is not None else None
         for start in range(0, len(position), self.images_per_call):
             part = slice(start, start + self.images_per_call)
@@ -104,7 +115,9 @@ class SamplerActor:
             if "within_tolerance" in out:
                 rows["within_tolerance"] = out["within_tolerance"]
             if variation is not None:
-                rows["variation"] = variation[part]
+                rows["variation"] = requested[part]
+                if self.estimator is not None:
+                    rows["variation_measured"] = self._measure(out["images"])
             if inquiry is not None:
                 rows["judge_similarity"] = self.judge.similarity(
                     self.judge.embed(out["images"]), inquiry[position[part]])
@@ -126,6 +139,16 @@ class SamplerActor:
             rows["within_tolerance"] = out.within_tolerance.astype(bool)
         return rows
 
+    def _measure(self, images: np.ndarray) -> np.ndarray:
+        """The estimator's reading of each image's planned attributes, as JSON text."""
+        import json
+
+        from cemiray.eval.attributes import predict_images
+
+        pred = predict_images(self.estimator, images, device=self.device)
+        return np.array([json.dumps({n: _plain(pred[n][i]) for n in self.measured_names},
+                                    sort_keys=True) for i in range(len(images))], dtype=object)
+
     def _judge_inquiry(self, item: dict[str, Any]) -> np.ndarray:
         """Judge embeddings of the chunk's inquiry images, one row per identity."""
         from cemiray.data.images import decode_image
@@ -144,3 +167,8 @@ def encode_pngs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {key: value for key, value in batch.items() if key != "pixels"}
     out["image"] = np.array([encode_png(np.asarray(p)) for p in batch["pixels"]], dtype=object)
     return out
+
+
+def _plain(value: Any) -> Any:
+    """A prediction as a JSON value (numpy scalars → Python)."""
+    return value.item() if hasattr(value, "item") else value

@@ -1,4 +1,4 @@
-"""Which similarity m each generated image asks for, its noise seed and its variation condition.
+"""Which similarity m each generated image asks for and its noise seed (variation: variation_plan).
 
 Every value is a pure function of (global seed, seed_id, sample): a shard generated twice — by
 another actor, after a retry, or in a rerun — asks for exactly the same images. The randomness
@@ -195,34 +195,3 @@ def schedule_shorthand(value: Any) -> Any:
         return {"kind": "list", "values": list(value)}
     return value
 
-
-class VariationSchedule(BaseModel):
-    """Per-image variation conditions (the generator's nuisance attributes): attribute a drawn
-    uniformly from [low[a], high[a]] for every image."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    low: list[float] = Field(min_length=1)
-    high: list[float] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> VariationSchedule:
-        if len(self.low) != len(self.high):
-            raise ValueError(f"variation: {len(self.low)} low bounds but {len(self.high)} high")
-        for a, (lo, hi) in enumerate(zip(self.low, self.high, strict=True)):
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-                raise ValueError(f"variation attribute {a}: need finite low <= high, "
-                                 f"got [{lo}, {hi}]")
-        return self
-
-    @property
-    def num_attrs(self) -> int:
-        return len(self.low)
-
-    def values(self, seed: int, seed_ids: Any, samples: Any) -> np.ndarray:
-        """float32 (n × num_attrs) conditions of each (seed_id, sample) pair."""
-        columns = []
-        for a, (lo, hi) in enumerate(zip(self.low, self.high, strict=True)):
-            u = uniform01(seed, seed_ids, samples, STREAM_VARIATION + a)
-            columns.append(lo + u * (hi - lo))
-        return np.stack(columns, axis=-1).astype(np.float32)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cemiray.data import storage
-from cemiray.pipeline.generate.schedules import VariationSchedule, image_seeds
+from cemiray.pipeline.generate.schedules import image_seeds
 from cemiray.pipeline.seeds.table import SeedTable
 
 SAMPLING = "sampling"  # the config's SamplingSpec section
@@ -87,11 +87,12 @@ def work_items(
     schedule: Any,
     seed: int,
     chunk_identities: int,
-    variation: VariationSchedule | None = None,
+    variation: Any = None,
     with_images: bool = False,
 ) -> list[dict]:
     """The chunks of one shard: per identity its label (row in the seed table) and embedding,
-    per image its identity (position in the chunk), sample, target m, noise seed and variation."""
+    per image its identity (position in the chunk), sample, target m, noise seed and variation
+    (`variation`, a ResolvedPlan: the request as JSON text and its normalised values)."""
     items = []
     for c, start in enumerate(range(shard.first, shard.last, chunk_identities)):
         labels = np.arange(start, min(start + chunk_identities, shard.last), dtype=np.int64)
@@ -109,7 +110,10 @@ def work_items(
             "seeds": image_seeds(seed, ids, samples),
         }
         if variation is not None:
-            item["variation"] = variation.values(seed, ids, samples)
+            requests = variation.requests(seed, ids, samples)
+            item["variation"] = variation.encode(requests)
+            item["variation_request"] = np.array(
+                [json.dumps(r or {}, sort_keys=True) for r in requests], dtype=object)
         if with_images:
             item["inquiry"] = [table.images[i] for i in labels.tolist()]
         items.append(item)

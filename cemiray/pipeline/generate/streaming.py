@@ -45,6 +45,7 @@ def build_dataset(cfg: GenerateConfig, inputs: Inputs, items: list[dict]):
             "generator": cfg.generator, "recognizer": cfg.recognizer, "judge": cfg.judge,
             "hashes": inputs.hashes, "sampling": cfg.sampling, "use_gpu": pool.use_gpu,
             "images_per_call": cfg.images_per_call,
+            "variation_estimator": cfg.variation_estimator,
         },
     )
     return ds.map_batches(encode_pngs, batch_size=pool.encode_batch or cfg.images_per_call,
@@ -72,7 +73,9 @@ def shard_rows(rows: list[dict], cfg: GenerateConfig, inputs: Inputs):
         if sampling.closed_loop:
             out["within_tolerance"] = bool(r["within_tolerance"])
         if cfg.variation:
-            out["variation"] = [float(v) for v in r["variation"]]
+            out["variation"] = str(r["variation"])
+        if cfg.variation_estimator:
+            out["variation_measured"] = str(r["variation_measured"])
         out.update(scheduler=sampling.scheduler, steps=sampling.steps)
         if sampling.guidance_scale != 1.0:
             out.update(guidance_scale=sampling.guidance_scale, guidance_m=sampling.guidance_m)
@@ -110,7 +113,7 @@ def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_
     per_chunk = identities_per_chunk(cfg.samples_per_identity, cfg.images_per_call)
     items = [item for spec in pending for item in work_items(
         spec, inputs.table, cfg.samples_per_identity, cfg.schedule, cfg.seed, per_chunk,
-        variation=cfg.variation, with_images=cfg.judge is not None)]
+        variation=inputs.variation, with_images=cfg.judge is not None)]
     from cemiray.runtime.progress import count_line, ticker
 
     collector = ShardCollector(pending, cfg.samples_per_identity)
