@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cemiray.assets import TOYFACES_ATTRIBUTES_JUDGE
+
 API_KEY = "cemiray-test-key"
 EMBED_DIM = 32
 
@@ -42,6 +44,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+VARIATION = {"num_variation_attrs": 2, "variation_route": "both", "variation_spec": {
+    "attributes": [{"name": "yaw", "kind": "continuous", "mean": 0.0, "std": 15.0, "low": -30.0,
+                    "high": 30.0}, {"name": "glasses", "kind": "binary"}]}}
+
+
 @functools.cache
 def write_tiny_models() -> tuple[str, str]:
     """A random iresnet18 recogniser (32 px, 32-d) and a random `tiny` generator taking 32-d
@@ -63,7 +70,10 @@ def write_tiny_models() -> tuple[str, str]:
     recognizer_url, generator_url = str(folder / "recognizer"), str(folder / "generator")
     model = get_backbone("iresnet18", input_size=32, num_features=EMBED_DIM)
     save_model_folder(model, recognizer_url, model.config)
-    unet, encoder = build_generator("tiny", id_dim=EMBED_DIM)
+    # a generator that also takes variation (yaw, glasses), its variation layer as if trained
+    unet, encoder = build_generator("tiny", id_dim=EMBED_DIM, **VARIATION)
+    with torch.no_grad():
+        encoder.variation_out.weight.normal_(0, 0.5)
     pipe = CemiFacePipeline(unet=unet.eval(), condition_encoder=encoder.eval(),
                             scheduler=build_sample_scheduler("tiny", id_dim=EMBED_DIM))
     save_pipeline(pipe, generator_url)
@@ -83,7 +93,7 @@ def serving(**overrides) -> Iterator[Served]:
         "block": False, "api_key_sha256": hashlib.sha256(API_KEY.encode()).hexdigest(),
         "max_batch_size": 8, "default_steps": 2, "max_steps": 8, "max_tries": 3,
         "max_image_steps": 64, "max_images_per_request": 8, "max_pixels_per_image": 128 * 128,
-        "max_body_bytes": 2 * 2**20,
+        "max_body_bytes": 2 * 2**20, "variation_estimator": TOYFACES_ATTRIBUTES_JUDGE,
     }
     cfg = ServeConfig(**(settings | overrides))
     try:

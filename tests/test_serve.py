@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -185,6 +186,37 @@ def test_generate_from_an_inquiry_image_and_in_closed_loop(served, local):
                                                         "guidance_m": 0.0}))["images"][0]
     assert guided["seed"] == plain["seed"] == 4
     assert np.abs(decoded(guided).astype(int) - decoded(plain)).max() > 1
+
+
+def test_generate_with_a_variation_plan_records_requested_and_measured(served):
+    """Each variation is made for every m and image k (from seed + k); the response records
+    what was requested and what the server's independent estimator reads; a request the
+    generator cannot honour is a 422 naming the field."""
+    body = {"embedding": [1.0] * EMBED_DIM, "m": [0.5], "images_per_m": 2, "seed": 3,
+            "variation": [{"glasses": True, "yaw": 20.0}, None, {}]}
+    out = ok_json(post(served, "/v1/generate", json=body))["images"]
+    assert [(i["seed"], i["variation"]) for i in out] == [
+        (3, {"glasses": 1.0, "yaw": 20.0}), (4, {"glasses": 1.0, "yaw": 20.0}),
+        (3, None), (4, None), (3, None), (4, None)]
+    for item in out:
+        assert set(item["variation_measured"]) == {"yaw", "glasses"}
+        assert item["variation_measured"]["glasses"] in (0, 1)
+    assert np.abs(decoded(out[0]).astype(int) - decoded(out[2])).max() > 1  # same seed
+    assert np.abs(decoded(out[2]).astype(int) - decoded(out[4])).max() <= 1  # null == {}
+    info = ok_json(requests.get(served.url("/v1/models"), headers=served.headers,
+                                timeout=TIMEOUT))["generator"]["details"]
+    assert [a["name"] for a in info["variation"]["attributes"]] == ["yaw", "glasses"]
+    for variation, field in (([{"tilt": 1.0}], "variation\\[0\\].tilt: unknown"),
+                             ([None, {"yaw": 90.0}], "variation\\[1\\].yaw: 90.0 lies outside"),
+                             ([{"glasses": 0.5}], "variation\\[0\\].glasses: a binary"),
+                             ([{"yaw": "left"}], "variation"),
+                             ([], "variation"), ({"yaw": 1.0}, "variation")):
+        response = post(served, "/v1/generate", json={**body, "variation": variation})
+        assert response.status_code == 422, (variation, response.text)
+        assert re.search(field, response.json()["detail"]), response.json()["detail"]
+    too_many = post(served, "/v1/generate", json={**body, "images_per_m": 4,
+                                                   "variation": [None] * 3})
+    assert too_many.status_code == 413 and "len(variation)=3" in too_many.json()["detail"]
 
 
 # ---- the bad-input matrix ------------------------------------------------------------------------

@@ -67,3 +67,18 @@ def test_the_experiment_claims_pair_equal_sizes_and_the_scaled_set() -> None:
     scaled = found["synthetic at 4x the identities against real at equal size"]
     assert (scaled["a"], scaled["b"]) == ("m=0.6 x4", "real") and scaled["significant"]
     assert claims([row("real", "real", None, 50, [0.8])]) == []  # one training: no test
+
+    varied = {**row("m=0.6 +target variation", "synthetic", [0.6], 50, [0.83, 0.82, 0.84]),
+              "variation": "target"}
+    found = {c["claim"]: c for c in claims([*rows, varied])}
+    pair = found["target variation against none at the same m"]
+    assert (pair["a"], pair["b"]) == ("m=0.6 +target variation", "m=0.6")
+    # a varied set is never the "semi-hard m" of the m-sweep claim
+    assert found["best semi-hard m against m = 1"]["a"] == "m=0.6"
+
+
+def test_a_set_with_variation_is_named_by_it() -> None:
+    from cemiray.apps.experiment.config import ExperimentConfig
+
+    cfg = ExperimentConfig(sets=[{"m": [0.6]}, {"m": [0.6], "variation": {"kind": "target"}}])
+    assert [s.label for s in cfg.sets] == ["m=0.6", "m=0.6 +target variation"]

@@ -48,6 +48,9 @@ class ServeConfig(JobConfig):
 
     recognizer: str = Field(description="recogniser URL: cemiray model folder, .pth?arch=..., .onnx")
     generator: str | None = Field(None, description="CemiFace pipeline folder; None: no /v1/generate")
+    variation_estimator: str | None = Field(
+        None, description="attribute model folder (train-attr) that measures the variation of "
+        "generated images; None: responses carry only what was requested")
     ray: RayConfig = Field(default_factory=RayConfig)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

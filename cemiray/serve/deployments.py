@@ -27,6 +27,7 @@ class ImageJob:
     m: float
     seed: int
     spec: SamplingSpec
+    variation: tuple | None = None  # normalised values, NaN unspecified (VariationSpec)
 
 
 @serve.deployment(name=RECOGNIZER)
@@ -73,7 +74,7 @@ class GeneratorModel:
         from cemiray.diffusion.pipeline import load_pipeline
         from cemiray.models.recognizer import load_recognizer
 
-        self.uri = cfg.generator
+        self.uri, self.device = cfg.generator, cfg.device
         self.pipe = load_pipeline(cfg.generator).to(cfg.device)
         self.recognizer = load_recognizer(cfg.recognizer, device=cfg.device)
         id_dim = self.pipe.condition_encoder.config.id_dim
@@ -85,6 +86,14 @@ class GeneratorModel:
             raise ValueError(f"max_steps={cfg.max_steps} exceeds the generator's "
                              f"{timesteps} training timesteps")
         self.content_hash = model_hash(cfg.generator)
+        self.estimator = None
+        if cfg.variation_estimator:
+            from cemiray.models.attributes import load_attribute_model
+
+            self.estimator = load_attribute_model(cfg.variation_estimator, device=cfg.device)
+        spec = self.pipe.condition_encoder.variation
+        self.measured = [s.name for s in self.estimator.specs
+                         if spec is not None and s.name in spec.names] if self.estimator else []
         self.batcher = DynamicBatcher(self._generate, cfg.max_batch_size,
                                       cfg.batch_wait_timeout_s)
 
@@ -93,6 +102,7 @@ class GeneratorModel:
         return {"uri": self.uri, "content_hash": self.content_hash, "details": {
             "image_size": self.pipe.unet.config.sample_size, "id_dim": cfg.id_dim,
             "stored_scheduler": type(self.pipe.scheduler).__name__,
+            "variation": cfg.variation_spec, "variation_measured_by": self.measured,
             **self.batcher.stats.as_dict()}}
 
     def ping(self) -> str:
@@ -113,11 +123,27 @@ class GeneratorModel:
         for spec, index in groups.items():
             ids = torch.from_numpy(np.stack([jobs[i].embedding for i in index]))
             sims = torch.tensor([jobs[i].m for i in index], dtype=torch.float32)
+            variation = None
+            if any(jobs[i].variation is not None for i in index):
+                attrs = self.pipe.condition_encoder.config.num_variation_attrs
+                variation = torch.tensor([jobs[i].variation or (float("nan"),) * attrs
+                                          for i in index], dtype=torch.float32)
             out = sample(self.pipe, spec, ids, sims, [jobs[i].seed for i in index],
-                         self.recognizer)
+                         self.recognizer, variation=variation)
             within = out.within_tolerance
+            measured = self._measure(out.images)
             for j, i in enumerate(index):
                 results[i] = {"image": out.images[j], "similarity": float(out.similarity[j]),
                               "seed": int(out.seeds[j]), "tries": int(out.tries[j]),
-                              "within_tolerance": None if within is None else bool(within[j])}
+                              "within_tolerance": None if within is None else bool(within[j]),
+                              "variation_measured": measured[j] if measured else None}
         return results
+
+    def _measure(self, images: np.ndarray) -> list[dict] | None:
+        """The estimator's reading of the generator's attributes in each image."""
+        if not self.measured:
+            return None
+        from cemiray.eval.attributes import predict_images
+
+        pred = predict_images(self.estimator, images, device=self.device)
+        return [{n: pred[n][j].item() for n in self.measured} for j in range(len(images))]

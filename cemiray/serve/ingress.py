@@ -155,8 +155,10 @@ class CemirayAPI:
     async def generate(self, request: Request) -> GenerateResponse:
         """Images of one identity at each target similarity m, with the achieved similarity."""
         req: GenerateRequest = await parse_json(request, GenerateRequest)
-        n = len(req.m) * req.images_per_m
-        self.check_count(n, f"len(m)={len(req.m)} x images_per_m={req.images_per_m}")
+        variations, encoded = await self.variation_plan(req.variation)
+        n = len(req.m) * req.images_per_m * len(variations)
+        self.check_count(n, f"len(m)={len(req.m)} x images_per_m={req.images_per_m}"
+                            + (f" x len(variation)={len(variations)}" if req.variation else ""))
         spec = sampling_spec(req, self.cfg)
         check_work(spec, n, self.cfg)
         rec_info = await self.model_info(RECOGNIZER)
@@ -166,18 +168,44 @@ class CemirayAPI:
             raw = decode_base64(req.image.data, "image")
             image = (await self.load_images([(raw, req.image.landmarks)], ["image"]))[0]
             identity = await self.recognizer.embed.remote(image)
-        targets = [m for m in req.m for _ in range(req.images_per_m)]
-        jobs = [ImageJob(identity, m, req.seed + k, spec) for k, m in enumerate(targets)]
+        # image k of each m comes from seed + k whatever its variation, so a variation is the
+        # only difference between the images of one (m, k)
+        targets = [(m, k, v) for v in range(len(variations)) for k, m in
+                   enumerate(m for m in req.m for _ in range(req.images_per_m))]
+        jobs = [ImageJob(identity, m, req.seed + k, spec,
+                         None if encoded is None else tuple(encoded[v].tolist()))
+                for m, k, v in targets]
         results = await asyncio.gather(*(self.generator.generate.remote(j) for j in jobs))
         pngs = await asyncio.to_thread(lambda: [encode_png(r["image"]) for r in results])
         gen_info = await self.model_info(GENERATOR)
         return GenerateResponse(
             images=[GeneratedImage(m=m, seed=r["seed"], similarity=r["similarity"],
                                    tries=r["tries"], within_tolerance=r["within_tolerance"],
+                                   variation=variations[v], variation_measured=r.get(
+                                       "variation_measured"),
                                    png_base64=base64.b64encode(png).decode("ascii"))
-                    for m, r, png in zip(targets, results, pngs)],
+                    for (m, _, v), r, png in zip(targets, results, pngs)],
             steps=spec.steps, scheduler=spec.scheduler, generator_hash=gen_info["content_hash"],
             recognizer_hash=rec_info["content_hash"])
+
+    async def variation_plan(self, requested: list | None) -> tuple[list, np.ndarray | None]:
+        """The checked requests (attribute units) and their normalised values for the
+        generator; a request this generator cannot honour is a 422 naming the field."""
+        if requested is None:
+            return [None], None
+        from cemiray.diffusion.variation import VariationSpec
+
+        spec = (await self.model_info(GENERATOR))["details"].get("variation")
+        if not spec:
+            raise APIError(422, "variation: this server's generator was trained without a "
+                                "variation condition")
+        spec = VariationSpec.from_config(spec)
+        try:
+            checked = [spec.check_request(v, f"variation[{i}]") or None
+                       for i, v in enumerate(requested)]
+        except ValueError as exc:
+            raise APIError(422, str(exc)) from None
+        return checked, spec.encode_requests(checked)
 
     async def models(self) -> ModelsResponse:
         """What is loaded (with content hashes and batch counts) and the request limits."""

@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cemiray.diffusion.sampling import SCHEDULER_NAMES
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# One image's variation request: attribute name → true/false (binary) or a number (continuous),
+# checked against the generator's trained attributes and ranges by the server.
+VariationRequest = dict[Annotated[str, Field(min_length=1, max_length=64)], bool | FiniteFloat]
 Similarity = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]
 Point = Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)]
 Landmarks = Annotated[
@@ -70,6 +73,11 @@ class GenerateRequest(Request):
                                   description="similarity guidance (1: none; otherwise the UNet "
                                               "runs twice a step)")
     guidance_m: Similarity = Field(0.0, description="reference m of the guidance")
+    variation: list[VariationRequest | None] | None = Field(
+        None, min_length=1, max_length=64, description="variation plan: each entry (e.g. "
+        "{\"glasses\": true, \"yaw\": 20.0}; null or {} = nothing requested) is made for every "
+        "m and image; needs a variation-conditioned generator (GET /v1/models lists its "
+        "attributes and ranges)")
 
     @model_validator(mode="after")
     def _one_identity(self) -> GenerateRequest:
@@ -98,6 +106,10 @@ class GeneratedImage(BaseModel):
     similarity: float = Field(description="cosine to the identity, measured by the recogniser")
     tries: int
     within_tolerance: bool | None = Field(None, description="closed loop only")
+    variation: dict | None = Field(None, description="the variation requested for this image")
+    variation_measured: dict | None = Field(
+        None, description="what the server's independent attribute estimator reads in the "
+        "image (only when the server has one)")
 
 
 class GenerateResponse(BaseModel):

@@ -12,12 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cemiray.assets import (
     TOYFACES_ATTRIBUTES,
+    TOYFACES_ATTRIBUTES_JUDGE,
     TOYFACES_GAN,
     TOYFACES_GENERATOR,
     TOYFACES_JUDGE,
     TOYFACES_RECOGNIZER,
 )
 from cemiray.diffusion.sampling import SamplingSpec, lift_sampling_keys
+from cemiray.pipeline.generate.variation_plan import VariationPlan
 from cemiray.runtime.config import JobConfig, RayConfig, WorldConfig
 from cemiray.train.settings import DistributedConfig
 
@@ -53,12 +55,15 @@ class FRRecipe(BaseModel):
 
 class SyntheticSet(BaseModel):
     """One synthetic training set: every identity gets images at these similarities, in equal
-    shares (one value: a constant m; several: the paper's mixtures)."""
+    shares (one value: a constant m; several: the paper's mixtures), and optionally a variation
+    plan (GANDiffFace's intra-class variation; a `target` plan without a table copies the real
+    training set's distribution as `variation_labeller` reads it)."""
 
     model_config = ConfigDict(extra="forbid")
 
     m: list[float] = Field(min_length=1)
     name: str | None = None
+    variation: VariationPlan | None = None
 
     @field_validator("m")
     @classmethod
@@ -72,9 +77,9 @@ class SyntheticSet(BaseModel):
     def label(self) -> str:
         if self.name:
             return self.name
-        if len(self.m) == 1:
-            return f"m={self.m[0]:g}"
-        return "m={" + ",".join(f"{m:g}" for m in self.m) + "}"
+        text = f"m={self.m[0]:g}" if len(self.m) == 1 else \
+            "m={" + ",".join(f"{m:g}" for m in self.m) + "}"
+        return text + (f" +{self.variation.kind} variation" if self.variation else "")
 
 
 def _sampling() -> SamplingSpec:
@@ -154,6 +159,11 @@ class ExperimentConfig(JobConfig):
     sampler_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     fr: FRRecipe = Field(default_factory=FRRecipe)
+    variation_labeller: str = Field(TOYFACES_ATTRIBUTES, description="attribute model that "
+                                    "labels the real set for a target variation plan")
+    variation_estimator: str | None = Field(TOYFACES_ATTRIBUTES_JUDGE, description="independent "
+                                            "attribute model recording what each generated "
+                                            "image shows (sets with variation)")
     grid_identities: int = Field(6, ge=1, description="rows of the sample grid")
     report: bool = True
     summary_json: str | None = Field(None, description="also write the figures a README table "

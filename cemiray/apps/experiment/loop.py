@@ -171,14 +171,31 @@ def schedule_of(spec: SyntheticSet) -> dict:
     return {"kind": "list", "values": spec.m}
 
 
+def stage_variation_labels(cfg: ExperimentConfig, cache: StageCache, real: str) -> str:
+    """The real training set labelled by `variation_labeller` (label-attr): the table a
+    `target` variation plan copies."""
+    from cemiray.pipeline.label_attr import LabelAttrConfig, run
+
+    def work(out: str) -> dict:
+        result = run(LabelAttrConfig(out=out, data=real, model=cfg.variation_labeller,
+                                     ray=cfg.ray))
+        return {"labels": result["labels"]}
+
+    return cache.run("variation-labels", {"data": real}, work,
+                     {"model": cfg.variation_labeller}).result["labels"]
+
+
 def stage_generate(cfg: ExperimentConfig, cache: StageCache, spec: SyntheticSet, seeds: str,
                    generator: str, recognizer: str, label: str | None = None,
                    identities: int | None = None) -> StageResult:
     from cemiray.pipeline.generate.job import GenerateConfig, run
 
     sampling = cfg.sampling
+    variation = spec.variation.model_dump(mode="json") if spec.variation else None
+    estimator = cfg.variation_estimator if variation else None
     settings = {"samples": cfg.samples_per_identity, "schedule": schedule_of(spec),
-                "sampling": sampling.model_dump(mode="json"), "seed": 0, "judged": bool(cfg.judge)}
+                "sampling": sampling.model_dump(mode="json"), "seed": 0, "judged": bool(cfg.judge),
+                **({"variation": variation, "estimator": estimator} if variation else {})}
 
     def work(out: str) -> dict:
         result = run(GenerateConfig.model_validate({
@@ -187,15 +204,19 @@ def stage_generate(cfg: ExperimentConfig, cache: StageCache, spec: SyntheticSet,
             "samples_per_identity": cfg.samples_per_identity,
             "identities_per_shard": max(1, (identities or cfg.identities) // 4),
             "schedule": schedule_of(spec), "sampling": sampling,
+            "variation": variation, "variation_estimator": estimator,
             "images_per_call": cfg.images_per_call,
             "ray": cfg.ray.model_dump(mode="json"),
             "distributed": {"num_workers": cfg.sampler_workers, "use_gpu": cfg.use_gpu}}))
         return {"parquet": result["parquet"], "images": result["counts"]["images"],
                 "images_per_s": result.get("images_per_s"), "judged": bool(cfg.judge)}
 
-    inputs = {"seeds": seeds, "generator": generator, "recognizer": recognizer}
-    return cache.run(f"generate-{slug(label or spec.label)}", settings, work,
-                     {**inputs, **({"judge": cfg.judge} if cfg.judge else {})})
+    inputs = {"seeds": seeds, "generator": generator, "recognizer": recognizer,
+              **({"judge": cfg.judge} if cfg.judge else {}),
+              **({"variation_estimator": estimator} if estimator else {}),
+              **({"variation_table": spec.variation.table}
+                 if spec.variation and spec.variation.table else {})}
+    return cache.run(f"generate-{slug(label or spec.label)}", settings, work, inputs)
 
 
 def stage_judge(cfg: ExperimentConfig, cache: StageCache, recognizer: str,
@@ -256,12 +277,17 @@ def run(cfg: ExperimentConfig) -> dict:
     datasets: dict[str, str] = {}
     generated: dict[str, StageResult] = {}
     sizes: dict[str, int] = {}  # identities of each training set
+    real_ids = cfg.real_identities()
+    real = toyfaces(cfg, real_ids.start, len(real_ids), cfg.samples_per_identity)
     for spec in cfg.sets:
+        if spec.variation and spec.variation.kind == "target" and not spec.variation.table:
+            labels = stage_variation_labels(cfg, cache, real)
+            spec = spec.model_copy(update={
+                "variation": spec.variation.model_copy(update={"table": labels})})
         generated[spec.label] = stage_generate(cfg, cache, spec, base_table, generator,
                                                recognizer)
         datasets[spec.label] = Source.at("parquet", generated[spec.label].result["parquet"]).uri
-    real_ids = cfg.real_identities()
-    datasets[REAL] = toyfaces(cfg, real_ids.start, len(real_ids), cfg.samples_per_identity)
+    datasets[REAL] = real
     sizes.update({label: cfg.identities for label in datasets})
     for k in cfg.scaling:  # more identities, the same images per identity
         n = cfg.identities * k

@@ -148,6 +148,7 @@ def training_row(cfg: ExperimentConfig, label: str, stages: list[StageResult],
     row: dict[str, Any] = {
         "name": label, "kind": "real" if base == REAL else "synthetic",
         "m": None if spec is None else spec.m,
+        "variation": spec.variation.kind if spec is not None and spec.variation else None,
         "images": identities * cfg.samples_per_identity, "identities": identities,
         "accuracy": None, "accuracy_std": float(np.mean(fold_stds)) if fold_stds else None,
         "accuracies": accuracies, "trainings": len(stages),
@@ -168,7 +169,8 @@ def claims(rows: list[dict]) -> list[dict]:
     by_name = {r["name"]: r for r in rows if len(r.get("accuracies") or []) >= 2}
     base = min((r["identities"] for r in by_name.values()), default=None)
     equal = [r for r in by_name.values() if r["identities"] == base]
-    singles = [r for r in equal if r["kind"] == "synthetic" and r["m"] and len(r["m"]) == 1]
+    plain = [r for r in equal if not r.get("variation")]
+    singles = [r for r in plain if r["kind"] == "synthetic" and r["m"] and len(r["m"]) == 1]
     easy = [r for r in singles if r["m"][0] == 1.0]
     semi = [r for r in singles if r["m"][0] < 1.0]
     synthetic = [r for r in equal if r["kind"] == "synthetic"]
@@ -178,6 +180,11 @@ def claims(rows: list[dict]) -> list[dict]:
     if semi and easy:
         best = max(semi, key=lambda r: r["accuracy"])
         pairs.append(("best semi-hard m against m = 1", best, easy[0]))
+    for varied in (r for r in equal if r.get("variation") and r["kind"] == "synthetic"):
+        same_m = [r for r in plain if r["kind"] == "synthetic" and r["m"] == varied["m"]]
+        if same_m:
+            pairs.append((f"{varied['variation']} variation against none at the same m",
+                          varied, same_m[0]))
     if synthetic and real:
         best = max(synthetic, key=lambda r: r["accuracy"])
         pairs.append(("best synthetic set against real", best, real))
