@@ -126,7 +126,7 @@ def run(cfg: BenchVariationConfig) -> dict:
     from cemiray.diffusion import load_pipeline
     from cemiray.diffusion.pipeline import identity_embeddings_from_images
     from cemiray.eval.attributes import predict_images
-    from cemiray.eval.control import save_grid_png
+    from cemiray.eval.control import save_labelled_grid
     from cemiray.models.attributes import CONTINUOUS, load_attribute_model
     from cemiray.models.recognizer import load_recognizer
 
@@ -223,12 +223,9 @@ def run(cfg: BenchVariationConfig) -> dict:
     storage.makedirs(cfg.out)
     if cfg.grid_rows:
         rows = min(cfg.grid_rows, n_id)
-        save_grid_png(images[:rows], storage.join(cfg.out, "variation_grid.png"),
-                      inquiry=inquiry[:rows])
-        storage.atomic_write_text(storage.join(cfg.out, "variation_grid_columns.json"),
-                                  json.dumps(
-                                      [f"{n}={v:g}" if n != "none" else "none"
-                                       for n, _, v in columns]) + "\n")
+        titles = [f"{n} {v:.3g}" if n != "none" else "nothing" for n, _, v in columns]
+        save_labelled_grid(images[:rows], titles, storage.join(cfg.out, "variation_grid.png"),
+                           inquiry=inquiry[:rows])
     config = cfg.model_dump(mode="json")
     url = write_result(cfg.out, "bench_variation", config, figures)
     if cfg.results:

@@ -123,8 +123,7 @@ class VariationSpec:
             if value is None:
                 continue
             if a.kind == BINARY:
-                if isinstance(value, bool) or (isinstance(value, numbers.Integral)
-                                               and value in (0, 1)):
+                if isinstance(value, numbers.Real) and value in (0, 1):
                     out[name] = float(value)
                     continue
                 raise ValueError(f"{field}: a binary attribute takes true/false (or 0/1), got "

@@ -33,6 +33,11 @@ def predict_images(model, images: np.ndarray, batch_size: int = 256, resize: str
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def plain_value(value: Any) -> Any:
+    """A prediction as a JSON value (numpy scalars → Python; class values stay as they are)."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def truth_value(row: dict, name: str) -> Any:
     """`name` of a source row: a column, else a key of its nested per-image attributes
     (ToyFaces' `nuisance`), else None (unlabelled)."""

@@ -14,6 +14,7 @@ figures are measured again by the judge, between each kept image and the inquiry
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -199,3 +200,45 @@ def save_grid_png(images: np.ndarray, url: str, inquiry: np.ndarray | None = Non
             y, x = pad + r * (h + pad), pad + c * (w + pad)
             canvas[y:y + h, x:x + w] = images[r, c]
     storage.atomic_write_bytes(url, encode_png(canvas))
+
+
+def save_labelled_grid(images: np.ndarray, columns: list[str], url: str,
+                       inquiry: np.ndarray | None = None, cell_px: int = 96,
+                       rows: list[str] | None = None) -> dict:
+    """A grid a person can read: cells upscaled to `cell_px` (nearest neighbour, pixels kept
+    square), each column titled by `columns` (the requested m or variation), the inquiry image
+    first when given, `rows` naming the identities. One PNG; returns its layout."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if images.dtype != np.uint8 or images.ndim != 5 or images.shape[-1] != 3:
+        raise ValueError(f"save_labelled_grid: expected uint8 rows×cols×H×W×3, got "
+                         f"{images.dtype} {images.shape}")
+    if len(columns) != images.shape[1]:
+        raise ValueError(f"save_labelled_grid: {len(columns)} column labels for "
+                         f"{images.shape[1]} columns")
+    if inquiry is not None:
+        images = np.concatenate([inquiry[:, None], images], axis=1)
+        columns = ["inquiry", *columns]
+    n_rows, n_cols = images.shape[:2]
+    dpi = 100
+    title_in = 0.45
+    figure = Figure(figsize=(n_cols * cell_px / dpi, n_rows * cell_px / dpi + title_in), dpi=dpi)
+    FigureCanvasAgg(figure)
+    top = 1 - title_in / figure.get_figheight()
+    grid = figure.add_gridspec(n_rows, n_cols, left=0.0, right=1.0, bottom=0.0, top=top,
+                               wspace=0.04, hspace=0.04)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            axes = figure.add_subplot(grid[r, c])
+            axes.imshow(images[r, c], interpolation="nearest")
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if r == 0:
+                axes.set_title(str(columns[c]).replace("$", r"\$"), fontsize=7, pad=2)
+            if rows is not None and c == 0:
+                axes.set_ylabel(str(rows[r]), fontsize=7)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    storage.atomic_write_bytes(url, buffer.getvalue())
+    return {"png": url, "rows": n_rows, "columns": list(columns), "cell_px": cell_px}

@@ -143,7 +143,7 @@ class GeneratorModel:
         """The estimator's reading of the generator's attributes in each image."""
         if not self.measured:
             return None
-        from cemiray.eval.attributes import predict_images
+        from cemiray.eval.attributes import plain_value, predict_images
 
         pred = predict_images(self.estimator, images, device=self.device)
-        return [{n: pred[n][j].item() for n in self.measured} for j in range(len(images))]
+        return [{n: plain_value(pred[n][j]) for n in self.measured} for j in range(len(images))]

@@ -203,9 +203,9 @@ class CemirayAPI:
         try:
             checked = [spec.check_request(v, f"variation[{i}]") or None
                        for i, v in enumerate(requested)]
+            return checked, spec.encode_requests(checked)
         except ValueError as exc:
             raise APIError(422, str(exc)) from None
-        return checked, spec.encode_requests(checked)
 
     async def models(self) -> ModelsResponse:
         """What is loaded (with content hashes and batch counts) and the request limits."""

@@ -89,6 +89,9 @@ class TrainGenConfig(JobConfig):
                                      "whole variation is dropped")
     variation_attr_dropout: float = Field(0.3, ge=0, le=1, description="share of attribute "
                                           "values dropped one by one")
+    variation_lr_scale: float = Field(1.0, gt=0, description="learning-rate multiplier of the "
+                                      "variation layers (new layers fine-tuned into a trained "
+                                      "generator learn faster with a larger one)")
     seed: int = 0
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -175,7 +178,14 @@ def start_ema_training(model, cfg, rank: int):
     from cemiray.train import engine as eng
 
     ema = EmaWeights(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scale = getattr(cfg, "variation_lr_scale", 1.0)
+    # the condition encoder's variation layers (condition_encoder.variation_mlp/_out)
+    fast = [p for n, p in model.named_parameters() if ".variation_" in n]
+    fast_ids = {id(p) for p in fast}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in fast_ids]}]
+    if fast:
+        groups.append({"params": fast, "lr": cfg.lr * scale})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = cfg.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)

@@ -69,10 +69,10 @@ def sample_grid(cfg: ExperimentConfig, generated: dict[str, StageResult], out: s
     image, or the GAN sample) when the seed table keeps it, then the single-m sets in
     increasing m."""
     from cemiray.data.images import decode_image, fit_square
-    from cemiray.eval.control import save_grid_png
+    from cemiray.eval.control import save_labelled_grid
     from cemiray.pipeline.seeds.table import read_seed_table
 
-    singles = sorted((s.m[0], s.label) for s in cfg.sets if len(s.m) == 1)
+    singles = sorted((s.m[0], s.label) for s in cfg.sets if len(s.m) == 1 and not s.variation)
     if not singles:
         return None
     columns = []
@@ -85,7 +85,7 @@ def sample_grid(cfg: ExperimentConfig, generated: dict[str, StageResult], out: s
         columns.append([decode_image(bytes(first[k][1]), where=f"{label} label {k}")
                         for k in sorted(first)])
     rows = min(len(c) for c in columns)
-    first_column = ""
+    first_column, titles = "", [label for _, label in singles]
     table = read_seed_table(seeds_table) if seeds_table else None
     if table is not None and table.images and all(table.images[:rows]):
         size = columns[0][0].shape[0]
@@ -95,12 +95,57 @@ def sample_grid(cfg: ExperimentConfig, generated: dict[str, StageResult], out: s
                            for im in seed_images])
         kind = "GAN sample" if cfg.identity_source == "gan" else "inquiry image"
         first_column = f"the identity's seed ({kind}), then "
+        titles.insert(0, "GAN sample" if cfg.identity_source == "gan" else "inquiry")
     grid = np.stack([np.stack([col[r] for col in columns]) for r in range(rows)])
     url = storage.join(out, "sample_grid.png")
-    save_grid_png(grid.astype(np.uint8), url)
+    save_labelled_grid(grid.astype(np.uint8), titles, url)
     caption = (f"rows: new identities; columns: {first_column}m = "
                + ", ".join(f"{m:g}" for m, _ in singles))
     return {"caption": caption, "png": url}
+
+
+def variation_grid(cfg: ExperimentConfig, generator: str, seeds_table: str, out: str
+                   ) -> dict | None:
+    """For the first sets with a variation plan: rows = the first identities (their seed image
+    first), columns = one requested variation each (nothing, then each attribute at the ends of
+    its range), made by the generator at that set's first m."""
+    import torch
+
+    from cemiray.data.images import decode_image, fit_square
+    from cemiray.diffusion import load_pipeline
+    from cemiray.eval.control import save_labelled_grid
+    from cemiray.pipeline.generate.variation_plan import ResolvedPlan, VariationPlan
+    from cemiray.pipeline.seeds.table import read_seed_table
+
+    varied = next((s for s in cfg.sets if s.variation), None)
+    if varied is None:
+        return None
+    pipe = load_pipeline(generator)
+    plan = ResolvedPlan(VariationPlan(kind="grid", levels=2,
+                                      attributes=varied.variation.attributes),
+                        pipe.condition_encoder.variation)
+    requests = plan.grid()
+    table = read_seed_table(seeds_table, need_images=False)
+    rows = min(cfg.grid_identities, len(table.seed_ids))
+    ids = torch.as_tensor(np.repeat(table.embeddings[:rows], len(requests), axis=0))
+    out_images = pipe(ids, varied.m[0], [int(table.seed_ids[r]) for r in range(rows)
+                                          for _ in requests],
+                      variation=requests * rows, num_inference_steps=cfg.sampling.steps,
+                      scheduler=cfg.sampling.scheduler).images
+    size = out_images.shape[1]
+    grid = out_images.reshape(rows, len(requests), size, size, 3)
+    inquiry = None
+    if table.images and all(table.images[:rows]):
+        inquiry = np.stack([fit_square(im, size) if im.shape[0] != size else im for im in
+                            (decode_image(bytes(table.images[r])) for r in range(rows))])
+    titles = [("nothing" if r is None else ", ".join(
+        f"{k}" if v is True else f"no {k}" if v is False else f"{k} {v:.2g}"
+        for k, v in r.items())) for r in requests]
+    url = storage.join(out, "variation_grid.png")
+    save_labelled_grid(grid, titles, url, inquiry=inquiry)
+    return {"png": url, "caption": f"rows: identities ({'seed image first, ' if inquiry is not None else ''}"
+            f"same noise seed along a row); columns: the requested variation, one attribute at "
+            f"a time, at m = {varied.m[0]:g} ({varied.label})"}
 
 
 def seeds_section(seeds: StageResult) -> tuple[dict, dict]:
@@ -236,6 +281,11 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *,
                        seeds.result.get("table")) if generated else None
     if grid is not None:
         results["sample_grids"] = [grid]
+    if any(s.variation for s in cfg.sets) and seeds.result.get("table"):
+        extra = variation_grid(cfg, generator, seeds.result["table"],
+                               storage.join(cfg.out, "figures"))
+        if extra is not None:
+            results.setdefault("sample_grids", []).append(extra)
     results["provenance"] = {
         "commit": git_commit(),
         "versions": versions(),

@@ -143,10 +143,10 @@ class SamplerActor:
         """The estimator's reading of each image's planned attributes, as JSON text."""
         import json
 
-        from cemiray.eval.attributes import predict_images
+        from cemiray.eval.attributes import plain_value, predict_images
 
         pred = predict_images(self.estimator, images, device=self.device)
-        return np.array([json.dumps({n: _plain(pred[n][i]) for n in self.measured_names},
+        return np.array([json.dumps({n: plain_value(pred[n][i]) for n in self.measured_names},
                                     sort_keys=True) for i in range(len(images))], dtype=object)
 
     def _judge_inquiry(self, item: dict[str, Any]) -> np.ndarray:
@@ -168,7 +168,3 @@ def encode_pngs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out["image"] = np.array([encode_png(np.asarray(p)) for p in batch["pixels"]], dtype=object)
     return out
 
-
-def _plain(value: Any) -> Any:
-    """A prediction as a JSON value (numpy scalars → Python)."""
-    return value.item() if hasattr(value, "item") else value
