@@ -86,6 +86,7 @@ def test_train_fr_two_workers_zero2_survives_a_killed_worker(ray_cluster, tmp_pa
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # 2 min; the sharded head's arithmetic is held by test_partial_fc on every run
 def test_train_fr_partial_fc_on_two_workers_trains_resumes_and_exports(ray_cluster, tmp_path,
                                                                         capsys):
     """Partial FC: each of 2 Ray Train workers holds 8 of the 16 class centres (75% of them
