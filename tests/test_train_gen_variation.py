@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import TINY
 
+from cemiray.assets import TOYFACES_ATTRIBUTES
 from cemiray.data.attribute_tables import read_table
 from cemiray.diffusion import load_pipeline
 from cemiray.diffusion.pipeline import CemiFacePipeline, save_pipeline
@@ -124,11 +125,14 @@ def test_train_gen_learns_from_the_sources_nuisances_and_a_table(ray_cluster, tm
         preset_overrides=TINY, batch_size=8, max_steps=6, lr=3e-3, warmup_steps=0, log_every=1,
         read_parts=2, genuine_per_image=4, impostors_per_image=4, min_bin_pairs=4,
         variation=["yaw", "glasses", "lit"], variation_table=str(table),
-        variation_route="both",
+        variation_route="both", variation_guide=TOYFACES_ATTRIBUTES,
         distributed={"num_workers": 1, "checkpoint_every": 6, "torch_threads": 1},
     )
     run(cfg)
-    assert [r for r in read_metrics(str(out / "metrics.jsonl")) if r["event"] == "done"]
+    records = read_metrics(str(out / "metrics.jsonl"))
+    assert [r for r in records if r["event"] == "done"]
+    # the attribute loss ran (yaw and glasses are read by the guide; `lit` is not)
+    assert all("variation" in r for r in records if r["event"] == "train")
     pipe = load_pipeline(str(out / "generator"))
     spec = pipe.condition_encoder.variation
     assert spec.names == ["yaw", "glasses", "lit"]
@@ -145,3 +149,31 @@ def test_train_gen_learns_from_the_sources_nuisances_and_a_table(ray_cluster, tm
     assert a.shape == (2, 16, 16, 3) and not np.array_equal(a, b)
     with pytest.raises(ValueError, match="variation\\[1\\].hat: unknown"):
         pipe(ids, 0.5, [1, 2], variation=[None, {"hat": True}], num_inference_steps=2)
+
+
+def test_the_guide_reads_the_requested_attributes_from_x0():
+    """On real ToyFaces images the attribute loss is lower for their true variation than for
+    the opposite one, and its gradient reaches the image."""
+    from cemiray.data import pixels
+    from cemiray.data.toyfaces import ToyFacesWorld
+    from cemiray.diffusion.variation_guide import VariationGuide
+    from cemiray.models.attributes import load_attribute_model
+
+    world = ToyFacesWorld(seed=0, size=32)
+    images, nuisances = world.render_batch(list(range(70000, 70032)), [0] * 32)
+    spec = spec_of(yaw=np.array([n["yaw"] for n in nuisances]),
+                   glasses=np.array([n["glasses"] for n in nuisances] + [0, 1]))
+    guide = VariationGuide(load_attribute_model(TOYFACES_ATTRIBUTES), spec, max_t=500)
+    assert guide.names == ["yaw", "glasses"]
+    truth = spec.encode_columns({"yaw": np.array([n["yaw"] for n in nuisances]),
+                                 "glasses": np.array([float(n["glasses"]) for n in nuisances])})
+    x = pixels.from_numpy(images).requires_grad_(True)
+    t = torch.zeros(32, dtype=torch.long)
+    right = guide(x, torch.from_numpy(truth), t)
+    wrong = guide(x, torch.from_numpy(-truth), t)
+    assert right < 0.5 * wrong
+    right.backward()
+    assert x.grad.abs().sum() > 0
+    assert guide(x, torch.from_numpy(truth), torch.full((32,), 900)) == 0  # above max_t
+    with pytest.raises(ValueError, match="reads none of"):
+        VariationGuide(load_attribute_model(TOYFACES_ATTRIBUTES), spec_of(lit=[0.0, 0.5, 1.0]))

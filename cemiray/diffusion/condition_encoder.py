@@ -154,10 +154,12 @@ class CemiConditionEncoder(ModelMixin, ConfigMixin):
         similarity: Tensor,
         variation: Tensor | None = None,
         generator: torch.Generator | None = None,
+        drop_variation: bool = True,
     ) -> ConditionOutput:
         """`id_embeddings` N×id_dim, `similarity` N (m per sample), `variation`
         N×num_variation_attrs normalised values, NaN where unspecified (None: all unspecified).
-        `generator` drives the training-time condition dropout."""
+        `generator` drives the training-time condition dropout; `drop_variation=False` when the
+        caller already applied `drop_variation` (to use the same dropped variation elsewhere)."""
         cfg = self.config
         n = id_embeddings.shape[0]
         if id_embeddings.ndim != 2 or id_embeddings.shape[1] != cfg.id_dim:
@@ -183,7 +185,9 @@ class CemiConditionEncoder(ModelMixin, ConfigMixin):
         pooled = self.to_pooled(hidden) if self.to_pooled is not None else None
 
         if self.variation_mlp is not None:
-            extra = self._variation_embedding(n, variation, generator, tokens)
+            if variation is not None and drop_variation:
+                variation = self.drop_variation(variation, generator)
+            extra = self._variation_embedding(n, variation, tokens)
             width = 0
             if cfg.variation_route != "pooled":
                 width = cfg.num_variation_tokens * cfg.cross_attention_dim
@@ -199,9 +203,26 @@ class CemiConditionEncoder(ModelMixin, ConfigMixin):
             )
         return ConditionOutput(tokens=tokens, pooled=pooled)
 
-    def _variation_embedding(
-        self, n: int, variation: Tensor | None, generator: torch.Generator | None, like: Tensor
-    ) -> Tensor:
+    def drop_variation(self, variation: Tensor, generator: torch.Generator | None = None
+                       ) -> Tensor:
+        """In `train()` mode, `variation` with the training-time dropout applied: a whole row
+        (`variation_dropout_prob`) or single values (`variation_attr_dropout_prob`) set to NaN,
+        unspecified. In eval mode, unchanged."""
+        cfg = self.config
+        if not self.training or (cfg.variation_dropout_prob == 0
+                                 and cfg.variation_attr_dropout_prob == 0):
+            return variation
+        n, attrs = variation.shape
+        drop = torch.zeros(n, attrs, dtype=torch.bool, device=variation.device)
+        if cfg.variation_dropout_prob > 0:
+            drop |= self._drop_mask(n, cfg.variation_dropout_prob, generator,
+                                    variation.device)[:, None]
+        if cfg.variation_attr_dropout_prob > 0:
+            drop |= self._drop_mask(n * attrs, cfg.variation_attr_dropout_prob, generator,
+                                    variation.device).view(n, attrs)
+        return variation.masked_fill(drop, float("nan"))
+
+    def _variation_embedding(self, n: int, variation: Tensor | None, like: Tensor) -> Tensor:
         cfg = self.config
         attrs = cfg.num_variation_attrs
         if variation is None:
@@ -215,13 +236,6 @@ class CemiConditionEncoder(ModelMixin, ConfigMixin):
         if torch.isinf(variation).any():
             raise ValueError("CemiConditionEncoder: variation holds inf")
         known = ~torch.isnan(variation)
-        if self.training and cfg.variation_dropout_prob > 0:
-            drop = self._drop_mask(n, cfg.variation_dropout_prob, generator, like.device)
-            known = known & ~drop[:, None]
-        if self.training and cfg.variation_attr_dropout_prob > 0:
-            drop = self._drop_mask(n * attrs, cfg.variation_attr_dropout_prob, generator,
-                                   like.device).view(n, attrs)
-            known = known & ~drop
         mask = known.to(like.dtype)
         features = torch.cat([torch.nan_to_num(variation) * mask, mask], dim=1)
         return self.variation_out(self.variation_mlp(features))

@@ -132,6 +132,7 @@ class SimilarityLoss:
         self.simmat_min_t = int(simmat_min_t)
         self.simmat_max_t = int(max_t)
         self.simmat_warmup_steps = int(simmat_warmup_steps)
+        self.variation_guide = None  # cemiray.diffusion.variation_guide.VariationGuide
 
     @classmethod
     def from_scheduler(cls, identity_encoder: IdentityEncoder, scheduler: Any, **kwargs: Any):
@@ -172,13 +173,15 @@ class SimilarityLoss:
         target_embeddings: Tensor | None = None,
         step: int | None = None,
         inquiry_embeddings: Tensor | None = None,
+        variation: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Loss terms for a batch. `t` holds integer timesteps in [0, T); `m` the requested
         similarities; `target_embeddings` = E_id(x0) if already computed (else computed here,
         without gradient); `inquiry_embeddings` = E_id(x_q) when the target x0 is not the inquiry
         image (the m-part is then measured against it). Returns total, mse, simmat, s_mean
         (mean s_t), lambda_sim, and s_inquiry_mean (mean s_q) when `inquiry_embeddings` is given;
-        only total has grad."""
+        only total has grad. With a `variation_guide` and the batch's (dropped) `variation`, its
+        weighted attribute term joins the total (logged as "variation")."""
         n = x0.shape[0]
         if model_output.shape != x0.shape or noise.shape != x0.shape or x_t.shape != x0.shape:
             raise ValueError(
@@ -235,6 +238,11 @@ class SimilarityLoss:
         }
         if inquiry_embeddings is not None:
             terms["s_inquiry_mean"] = s_q.detach().mean()
+        guide = self.variation_guide
+        if guide is not None and variation is not None and guide.weight > 0:
+            l_var = guide(x0_hat, variation, t)
+            terms["total"] = terms["total"] + guide.weight * l_var
+            terms["variation"] = l_var.detach()
         return terms
 
 
@@ -272,13 +280,17 @@ def training_step(
         device, batch_images.dtype
     )
     x_t = scheduler.add_noise(batch_images, noise, t)
-    condition = encoder(id_embeddings, m, variation=variation, generator=generator)
+    if variation is not None and hasattr(encoder, "drop_variation"):
+        variation = encoder.drop_variation(variation, generator)  # one dropout for both uses
+    condition = encoder(id_embeddings, m, variation=variation, generator=generator,
+                        drop_variation=False)
     prediction = unet(
         x_t, t, encoder_hidden_states=condition.tokens, class_labels=condition.pooled
     ).sample
     if target_embeddings is None:
         return loss_fn(
-            prediction, noise, batch_images, x_t, t, m, target_embeddings=id_embeddings, step=step
+            prediction, noise, batch_images, x_t, t, m, target_embeddings=id_embeddings, step=step,
+            variation=variation,
         )
     return loss_fn(
         prediction,
@@ -290,4 +302,5 @@ def training_step(
         target_embeddings=target_embeddings,
         step=step,
         inquiry_embeddings=id_embeddings,
+        variation=variation,
     )

@@ -89,6 +89,13 @@ class TrainGenConfig(JobConfig):
                                      "whole variation is dropped")
     variation_attr_dropout: float = Field(0.3, ge=0, le=1, description="share of attribute "
                                           "values dropped one by one")
+    variation_guide: str | None = Field(None, description="attribute model (train-attr) that "
+                                        "reads x̂0's attributes for an attribute loss toward the "
+                                        "requested variation (cemiray.diffusion.variation_guide); "
+                                        "never the estimator that later measures the results")
+    variation_guide_weight: float = Field(0.1, ge=0)
+    variation_guide_max_t: int = Field(600, ge=0, description="the attribute loss applies at "
+                                       "t <= this (x̂0 is mostly noise above)")
     variation_lr_scale: float = Field(1.0, gt=0, description="learning-rate multiplier of the "
                                       "variation layers (new layers fine-tuned into a trained "
                                       "generator learn faster with a larger one)")
@@ -112,6 +119,8 @@ class TrainGenConfig(JobConfig):
             raise ValueError("give resume_from or init_from, not both")
         if len(set(self.variation)) != len(self.variation):
             raise ValueError(f"variation names repeat: {self.variation}")
+        if self.variation_guide and not self.variation:
+            raise ValueError("variation_guide given without variation")
         if self.variation_table and not self.variation:
             raise ValueError("variation_table given without variation: name the attributes "
                              "(its columns) to condition on")
@@ -322,6 +331,13 @@ def train_loop(config: dict) -> None:
         recognizer, noise_scheduler, lambda_sim=cfg.lambda_sim, simmat_min_t=cfg.simmat_min_t,
         simmat_max_t=cfg.simmat_max_t, simmat_warmup_steps=cfg.simmat_warmup_steps,
     )
+    if cfg.variation_guide:
+        from cemiray.diffusion.variation_guide import VariationGuide
+        from cemiray.models.attributes import load_attribute_model
+
+        loss_fn.variation_guide = VariationGuide(
+            load_attribute_model(cfg.variation_guide, device), spec,
+            cfg.variation_guide_weight, cfg.variation_guide_max_t)
     model = GeneratorTrainModule(unet, encoder, noise_scheduler, loss_fn)
     if cfg.init_from:
         load_generator_weights(model, cfg.init_from)
@@ -387,7 +403,7 @@ def run(cfg: TrainGenConfig) -> dict:
     # Ray workers run elsewhere: local paths must not depend on the driver's directory.
     cfg = cfg.model_copy(update={k: storage.absolute(getattr(cfg, k))
                                  for k in ("out", "recognizer", "resume_from", "init_from",
-                                           "variation_table")})
+                                           "variation_table", "variation_guide")})
     preset = cfg.resolved_preset()
     source = Source.parse(cfg.data)
     recognizer = load_recognizer(cfg.recognizer)
@@ -407,6 +423,13 @@ def run(cfg: TrainGenConfig) -> dict:
         cfg = cfg.model_copy(update={"preset_overrides": {**cfg.preset_overrides,
                                                           **cfg.variation_overrides(spec)}})
         preset = cfg.resolved_preset()
+        if cfg.variation_guide:  # refused now, not in every worker
+            from cemiray.diffusion.variation_guide import VariationGuide
+            from cemiray.models.attributes import load_attribute_model
+
+            guided = VariationGuide(load_attribute_model(cfg.variation_guide), spec).names
+            print(f"train-gen: attribute loss on {guided} read by {cfg.variation_guide}",
+                  flush=True)
         print("train-gen: variation " + ", ".join(
             f"{a.name} ({a.kind}" + (f" {a.low:.3g}..{a.high:.3g}" if a.kind == "continuous"
                                      else "") + ")" for a in spec.attributes)
