@@ -307,8 +307,14 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *,
 def summary_of(results: dict[str, Any], command: str) -> dict[str, Any]:
     """The few figures a README table is copied from: each set's accuracies, the claims, the
     judge's calibration, which models measured what, and the command that made them."""
-    keep = ("name", "kind", "m", "images", "identities", "accuracy", "accuracy_ci95",
-            "accuracies", "trainings")
+    keep = ("name", "kind", "m", "variation", "images", "identities", "accuracy",
+            "accuracy_ci95", "accuracies", "trainings")
+    stats = ("mated_mean", "mated_std", "nonmated_mean", "nonmated_std", "eer", "d_prime")
+    distributions = {
+        label: {**{k: d.get(k) for k in stats},
+                **{f"wasserstein_{side}_to_real": results.get("distances", {}).get(label, {})
+                   .get(side, {}).get("wasserstein") for side in ("mated", "nonmated")}}
+        for label, d in (results.get("score_distributions") or {}).items()}
     return {
         "command": command,
         "created": results.get("created"),
@@ -317,6 +323,7 @@ def summary_of(results: dict[str, Any], command: str) -> dict[str, Any]:
         "claims": [{k: c[k] for k in ("claim", "a", "b", "p", "significant", "ratio", "verdict")}
                    for c in results.get("claims", [])],
         "calibration": results.get("calibration", []),
+        "score_distributions": distributions,
         "judge": {**results["judge"], "path": _relative(results["judge"]["path"])}
         if results.get("judge") else None,
     }
