@@ -99,13 +99,18 @@ def measure(kinds: dict, requested: dict, measured: dict, judged: dict, none_sim
 
 
 def estimator_ceiling(estimator, world, identities: list[int], samples: int, names: list[str],
-                      kinds: dict) -> dict:
-    """The estimator on real images of these identities against the renderer's truth."""
+                      kinds: dict, judge=None, judge_inquiry: np.ndarray | None = None) -> dict:
+    """The estimator on real images of these identities against the renderer's truth; with the
+    judge, what a binary attribute costs real images too: their mean similarity to the inquiry
+    with the attribute present minus absent."""
     from cemiray.eval.attributes import predict_images
 
     ids = [i for i in identities for _ in range(samples)]
     images, nuisances = world.render_batch(ids, [s for _ in identities for s in range(samples)])
     pred = predict_images(estimator, images)
+    sims = None
+    if judge is not None:
+        sims = np.einsum("nd,nd->n", judge.embed(images), np.repeat(judge_inquiry, samples, 0))
     out = {}
     for name in names:
         truth = np.array([float(n[name]) for n in nuisances])
@@ -113,6 +118,9 @@ def estimator_ceiling(estimator, world, identities: list[int], samples: int, nam
         if kinds[name] == "binary":
             out[name] = {"accuracy": float((got == truth).mean()),
                          "present_share_real": float(truth.mean())}
+            if sims is not None and 0 < truth.sum() < len(truth):
+                out[name]["real_identity_drop"] = float(sims[truth == 0].mean()
+                                                        - sims[truth == 1].mean())
         else:
             out[name] = {"correlation": float(np.corrcoef(truth, got)[0, 1]),
                          "mae": float(np.abs(truth - got).mean())}
@@ -199,7 +207,7 @@ def run(cfg: BenchVariationConfig) -> dict:
             row["measured_with_nothing_requested"] = float(
                 np.asarray(none_present[n], dtype=np.float64).mean())
     ceiling = estimator_ceiling(estimator, world, identities, cfg.real_samples, list(kinds),
-                                kinds)
+                                kinds, judge, judge_inq)
     binary = [r for r in per_attribute.values() if r["kind"] == "binary"]
     continuous = [r for r in per_attribute.values() if r["kind"] != "binary"]
     checks = {
@@ -223,7 +231,7 @@ def run(cfg: BenchVariationConfig) -> dict:
     storage.makedirs(cfg.out)
     if cfg.grid_rows:
         rows = min(cfg.grid_rows, n_id)
-        titles = [f"{n} {v:.3g}" if n != "none" else "nothing" for n, _, v in columns]
+        titles = [f"{n} {v:.2g}" if n != "none" else "nothing" for n, _, v in columns]
         save_labelled_grid(images[:rows], titles, storage.join(cfg.out, "variation_grid.png"),
                            inquiry=inquiry[:rows])
     config = cfg.model_dump(mode="json")
@@ -248,7 +256,9 @@ def _print(per_attribute: dict, ceiling: dict, checks: dict, base: float) -> Non
             what = (f"present {r['present_when_requested']:.3f}  absent "
                     f"{r['absent_when_requested_absent']:.3f}  (unrequested "
                     f"{r['present_with_nothing_requested']:.3f}; estimator on real "
-                    f"{ceiling[name]['accuracy']:.3f})")
+                    f"{ceiling[name]['accuracy']:.3f}"
+                    + (f", real images lose {ceiling[name]['real_identity_drop']:+.3f}"
+                       if "real_identity_drop" in ceiling[name] else "") + ")")
         else:
             what = (f"corr {r['correlation']:.3f}  slope {r['slope']:.2f}  (estimator on real "
                     f"corr {ceiling[name]['correlation']:.3f})")
