@@ -96,6 +96,9 @@ def test_variation_table_is_read_and_refused_naming_what_is_wrong(tmp_path):
     path.write_text("key,glasses\n0/0,1\n0/0,0\n")
     with pytest.raises(ValueError, match="'0/0' appears more than once"):
         read_table(str(path), "key", ["glasses"])
+    path.write_text("key,glasses\n0/0,\"1\"\n0/1,\"true\"\n")  # label-attr's JSON text
+    assert read_table(str(path), "key", ["glasses"]) == {"0/0": {"glasses": 1.0},
+                                                         "0/1": {"glasses": 1.0}}
     path.write_text("key,glasses\n0/0,yes\n")
     with pytest.raises(ValueError, match="'yes' is not a number"):
         read_table(str(path), "key", ["glasses"])

@@ -49,6 +49,8 @@ def read_table(url: str, key: str, names: list[str], what: str = "variation_tabl
     for name in names:
         values = []
         for k, v in zip(keys, table.column(name).to_pylist(), strict=True):
+            if isinstance(v, str):  # label-attr writes class values as JSON text ("1", "true")
+                v = _json_number(v)
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 values.append(math.nan)
             elif isinstance(v, (bool, int, float)):
@@ -58,3 +60,14 @@ def read_table(url: str, key: str, names: list[str], what: str = "variation_tabl
                                  f"{v!r} is not a number or a boolean")
         columns.append(values)
     return {k: dict(zip(names, vs, strict=True)) for k, *vs in zip(keys, *columns, strict=True)}
+
+
+def _json_number(text: str):
+    """A JSON number or boolean in text as itself, else the text (refused by the caller)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, (bool, int, float)) or value is None else text
