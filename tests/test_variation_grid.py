@@ -40,3 +40,30 @@ def test_the_variation_grid_has_a_labelled_column_per_request(tmp_path):
     plain = ExperimentConfig(sets=[{"m": [0.6]}])
     assert variation_grid(plain, str(tmp_path / "gen"), str(tmp_path / "seeds.parquet"),
                           str(tmp_path / "fig")) is None
+
+
+def test_the_results_compare_requested_with_measured_variation(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cemiray.apps.experiment.cache import StageResult
+    from cemiray.apps.experiment.results import variation_section
+
+    requested = [{"glasses": 1.0, "yaw": 10.0}, {"glasses": 0.0, "yaw": -10.0},
+                 {"glasses": 1.0}, {}]
+    measured = [{"glasses": 1, "yaw": 8.0}, {"glasses": 0, "yaw": -9.0},
+                {"glasses": 0, "yaw": 1.0}, {"glasses": 0, "yaw": 0.0}]
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    pq.write_table(pa.table({"variation": [json.dumps(r) for r in requested],
+                             "variation_measured": [json.dumps(m) for m in measured]}),
+                   folder / "shard-00000.parquet")
+    cfg = ExperimentConfig(sets=[{"m": [0.6]}, {"m": [0.6], "variation": {"kind": "target"}}])
+    stage = StageResult("g", "k", str(tmp_path), {"parquet": str(folder)}, False, 0.0, {})
+    out = variation_section(cfg, {"m=0.6 +target variation": stage})
+    rows = out["m=0.6 +target variation"]["attributes"]
+    assert rows["glasses"] == {"requested_share": 2 / 3, "measured_share": 1 / 3, "images": 3}
+    assert rows["yaw"]["requested_mean"] == 0.0 and rows["yaw"]["images"] == 2
+    assert rows["yaw"]["correlation"] > 0.99

@@ -36,6 +36,39 @@ def read_generated(parquet_url: str, columns: list[str]) -> dict[str, np.ndarray
             for c in columns}
 
 
+def variation_section(cfg: ExperimentConfig, generated: dict[str, StageResult]) -> dict:
+    """Per set with a variation plan, requested against measured (the independent estimator's
+    reading, recorded in every row): each binary attribute's share, each continuous one's mean,
+    std and correlation over the images that requested it."""
+    out = {}
+    for spec in cfg.sets:
+        stage = generated.get(spec.label)
+        if not spec.variation or stage is None or not cfg.variation_estimator:
+            continue
+        cols = read_generated(stage.result["parquet"], ["variation", "variation_measured"])
+        requested = [json.loads(v) for v in cols["variation"]]
+        measured = [json.loads(v) for v in cols["variation_measured"]]
+        rows: dict[str, dict] = {}
+        for name in sorted({k for m in measured for k in m}):
+            pairs = [(r[name], m[name]) for r, m in zip(requested, measured, strict=True)
+                     if name in r]
+            if not pairs:
+                continue
+            req, got = (np.asarray(x, dtype=np.float64) for x in zip(*pairs, strict=True))
+            if set(np.unique(req)) <= {0.0, 1.0}:
+                rows[name] = {"requested_share": float(req.mean()),
+                              "measured_share": float((got == 1.0).mean()), "images": len(req)}
+            else:
+                rows[name] = {"requested_mean": float(req.mean()), "requested_std": float(req.std()),
+                              "measured_mean": float(got.mean()), "measured_std": float(got.std()),
+                              "correlation": float(np.corrcoef(req, got)[0, 1])
+                              if req.std() > 0 and got.std() > 0 else None,
+                              "images": len(req)}
+        out[spec.label] = {"plan": spec.variation.model_dump(mode="json"),
+                           "estimator": cfg.variation_estimator, "attributes": rows}
+    return out
+
+
 def calibration(generated: dict[str, StageResult]) -> list[dict]:
     """Target vs achieved similarity, pooled over every set by target: measured by E_id when
     each image was made (`achieved_*`) and, where the sets were judged, by the independent judge
@@ -273,6 +306,7 @@ def collect_results(cfg: ExperimentConfig, cache: StageCache, *,
         "calibration": calibration(generated) if generated else [],
         "score_distributions": distributions,
         "distances": distances,
+        "variation": variation_section(cfg, generated) if generated else {},
         "leakage": leakage,
     }
     if attrs:
@@ -324,6 +358,7 @@ def summary_of(results: dict[str, Any], command: str) -> dict[str, Any]:
                    for c in results.get("claims", [])],
         "calibration": results.get("calibration", []),
         "score_distributions": distributions,
+        "variation": results.get("variation") or None,
         "judge": {**results["judge"], "path": _relative(results["judge"]["path"])}
         if results.get("judge") else None,
     }
