@@ -1,4 +1,4 @@
-"""The embedded default's pretrained tiny models: E_id, generator, judge, attribute models, GAN.
+"""The embedded default's tiny models: E_id, generators, judge, attribute models, GAN.
 
 Each is a folder of config.json + safetensors with a MODEL_CARD.md saying how it was made and
 listing every file's SHA-256 (cemiray.assets.cards; `python jobs/publish_asset.py` writes them)."""
@@ -10,6 +10,8 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent
 TOYFACES_RECOGNIZER = str(ASSETS / "toyfaces" / "fr")
 TOYFACES_GENERATOR = str(ASSETS / "toyfaces" / "generator")
+# The generator fine-tuned with a variation condition (pose, expression, occluders, light, blur).
+TOYFACES_GENERATOR_VARIATION = str(ASSETS / "toyfaces" / "generator_variation")
 # The independent judge: measures generated images, never conditions, trains or selects them.
 TOYFACES_JUDGE = str(ASSETS / "toyfaces" / "judge")
 # Labels faces that carry no labels (seeds' attribute_model; selects under gan_condition).
