@@ -5,7 +5,8 @@ import json
 import re
 from pathlib import Path
 
-from cemiray.bench.common import REPOSITORY, repository_relative, write_result
+from cemiray.bench.common import write_result
+from cemiray.runtime.machine import REPOSITORY, repository_relative
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 

@@ -269,8 +269,10 @@ def run(cfg: FairnessConfig) -> dict:
     storage.atomic_write_text(storage.join(cfg.out, "results.json"),
                               json.dumps(results, indent=1, default=str) + "\n")
     if cfg.summary_json:
-        storage.atomic_write_text(cfg.summary_json, json.dumps(
-            {"command": "cemiray fairness", **results}, indent=1, default=str) + "\n")
+        from cemiray.runtime.machine import repository_relative
+
+        storage.atomic_write_text(cfg.summary_json, json.dumps(repository_relative(
+            {"command": "cemiray fairness", **results}), indent=1, default=str) + "\n")
     print_table(results["fairness"])
     return results
 

@@ -47,3 +47,18 @@ def machine_info() -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "versions": versions(),
     }
+
+
+REPOSITORY = str(Path(__file__).resolve().parents[2])  # the checkout holding cemiray/
+
+
+def repository_relative(value):
+    """`value` (JSON-like) with every string path inside this repository made relative to it,
+    so a result copied into docs/results names no path of the machine that measured it."""
+    if isinstance(value, dict):
+        return {k: repository_relative(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [repository_relative(v) for v in value]
+    if isinstance(value, str) and value.startswith(REPOSITORY + "/"):
+        return value[len(REPOSITORY) + 1:]
+    return value

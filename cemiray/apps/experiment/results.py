@@ -349,7 +349,9 @@ def summary_of(results: dict[str, Any], command: str) -> dict[str, Any]:
                 **{f"wasserstein_{side}_to_real": results.get("distances", {}).get(label, {})
                    .get(side, {}).get("wasserstein") for side in ("mated", "nonmated")}}
         for label, d in (results.get("score_distributions") or {}).items()}
-    return {
+    from cemiray.runtime.machine import repository_relative
+
+    return repository_relative({
         "command": command,
         "created": results.get("created"),
         "machine": {k: results.get("machine", {}).get(k) for k in ("cpus", "gpu", "date")},
@@ -361,7 +363,7 @@ def summary_of(results: dict[str, Any], command: str) -> dict[str, Any]:
         "variation": results.get("variation") or None,
         "judge": {**results["judge"], "path": _relative(results["judge"]["path"])}
         if results.get("judge") else None,
-    }
+    })
 
 
 def _relative(path: str) -> str:
