@@ -70,7 +70,8 @@ INPUTS: dict[str, tuple[Input, ...]] = {
     "TrainFRConfig": (Input("resume_from", CHECKPOINT), Input("data", SOURCE),
                       Input("verification", BIN)),
     "TrainGenConfig": (Input("resume_from", CHECKPOINT), Input("data", SOURCE),
-                       Input("recognizer", MODEL), Input("init_from", PIPELINE)),
+                       Input("recognizer", MODEL), Input("init_from", PIPELINE),
+                       Input("variation_table", PATH), Input("variation_guide", PATH)),
     "TrainUncondConfig": (Input("resume_from", CHECKPOINT), Input("data", SOURCE)),
     # a train-gan checkpoint holds no DeepSpeed state (safetensors + JSON): the job checks it
     # tensor by tensor itself, before Ray starts (cemiray.train.gan.verify_resume_from)
@@ -82,18 +83,20 @@ INPUTS: dict[str, tuple[Input, ...]] = {
     "AnalyzeCentresConfig": (Input("data", SOURCE), Input("model", MODEL, made_by=TRAINED_FR),
                              Input("head", PATH), Input("verification", BIN)),
     "BenchFRConfig": (Input("orl", SOURCE),),
-    "ServeConfig": (Input("recognizer", MODEL), Input("generator", PIPELINE)),
+    "ServeConfig": (Input("recognizer", MODEL), Input("generator", PIPELINE),
+                    Input("variation_estimator", PATH)),
     "BenchServeConfig": (Input("recognizer", MODEL), Input("generator", PIPELINE)),
     "GenerateConfig": (Input("seeds", PATH), Input("generator", PIPELINE),
                        Input("recognizer", MODEL), Input("judge", MODEL),
-                       Input("leakage_audit", FILE)),
+                       Input("leakage_audit", FILE), Input("variation_estimator", PATH)),
     "SeedsConfig": (Input("recognizer", MODEL), Input("judge", MODEL), Input("inquiry", SOURCE),
                     Input("embedding_files", PATH), Input("generator", UNCOND),
                     Input("gan", PATH), Input("attribute_model", PATH),
                     Input("leakage_data", SOURCE), Input("leakage_centres", PATH),
                     Input("probe_data", SOURCE)),
     "ExperimentConfig": (Input("recognizer", MODEL), Input("judge", MODEL),
-                         Input("generator", PIPELINE)),
+                         Input("generator", PIPELINE), Input("variation_labeller", PATH),
+                         Input("variation_estimator", PATH)),
     "FairnessConfig": (Input("recognizer", MODEL), Input("generator", PIPELINE),
                        Input("gan", PATH), Input("attribute_model", PATH),
                        Input("attributes_judge", PATH), Input("judge", MODEL),
@@ -107,6 +110,8 @@ INPUTS: dict[str, tuple[Input, ...]] = {
                        Input("real", SOURCE), Input("real_floor", SOURCE),
                        Input("train_data", SOURCE)),
     "BenchGenerateConfig": (),
+    "BenchVariationConfig": (Input("generator", PIPELINE), Input("recognizer", MODEL),
+                             Input("judge", MODEL), Input("estimator", PATH)),
 }
 
 
