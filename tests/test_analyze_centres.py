@@ -184,6 +184,7 @@ def base_model(folder: str) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # 1 min of FR trainings; the grouping arithmetic above runs on every suite
 def test_analyze_centres_end_to_end(ray_cluster, tmp_path) -> None:
     base_model(str(tmp_path / "base"))
     out = tmp_path / "analysis"

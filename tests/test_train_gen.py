@@ -21,8 +21,9 @@ from cemiray.eval.control import control_report, save_grid_png
 from cemiray.models import get_backbone
 from cemiray.models.recognizer import load_recognizer
 from cemiray.models.serialization import save_model_folder
+from cemiray.train.ema import EmaWeights
 from cemiray.train.engine import read_metrics
-from cemiray.train.gen import EmaWeights, TrainGenConfig, run
+from cemiray.train.gen import TrainGenConfig, run
 
 STEPS = 40
 

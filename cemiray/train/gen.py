@@ -32,6 +32,7 @@ from pydantic import Field, field_validator, model_validator
 
 from cemiray.data import storage
 from cemiray.runtime.config import JobConfig, RayConfig
+from cemiray.train.ema import EmaWeights, start_ema_training
 from cemiray.train.settings import DistributedConfig
 
 
@@ -140,72 +141,6 @@ class TrainGenConfig(JobConfig):
 
     def resolved_pairing(self) -> str:
         return self.pairing or self.resolved_preset().pairing
-
-
-class EmaWeights:
-    """A float32 shadow of a module's parameters: decay min(ema_decay, (1+k)/(10+k)) at update k,
-    so short runs are not dominated by the initial weights."""
-
-    def __init__(self, module, decay: float):
-        self.decay = decay
-        self.shadow = {n: p.detach().float().clone() for n, p in module.named_parameters()}
-
-    def update(self, module, step: int) -> None:
-        import torch
-
-        d = min(self.decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                self.shadow[name].mul_(d).add_(p.detach().float(), alpha=1 - d)
-
-    def state_dict(self) -> dict:
-        return {n: t.detach().cpu().clone() for n, t in self.shadow.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        missing = sorted(set(self.shadow) - set(state))
-        if missing:
-            raise ValueError(f"EMA state lacks {len(missing)} parameters, e.g. {missing[0]}")
-        for name, t in self.shadow.items():
-            t.copy_(state[name].to(t.device, t.dtype))
-
-    def copy_to(self, module) -> None:
-        import torch
-
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                p.copy_(self.shadow[name].to(p.device, p.dtype))
-
-
-def start_ema_training(model, cfg, rank: int):
-    """What the diffusion trainers (train-gen, train-uncond) share inside a worker: AdamW with a
-    linear warm-up, the DeepSpeed engine, an EMA of the weights, the restored state (after a
-    failure or from `cfg.resume_from`, EMA included) and the metrics log. `cfg` needs lr,
-    weight_decay, warmup_steps, batch_size, grad_clip, ema_decay, resume_from, out and
-    distributed. Returns (engine, lr scheduler, ema, state dict, log)."""
-    import torch
-
-    from cemiray.train import engine as eng
-
-    ema = EmaWeights(model, cfg.ema_decay)
-    scale = getattr(cfg, "variation_lr_scale", 1.0)
-    # the condition encoder's variation layers (condition_encoder.variation_mlp/_out)
-    fast = [p for n, p in model.named_parameters() if ".variation_" in n]
-    fast_ids = {id(p) for p in fast}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in fast_ids]}]
-    if fast:
-        groups.append({"params": fast, "lr": cfg.lr * scale})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = cfg.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-    engine, _, _ = eng.initialize(model, optimizer, cfg.distributed, cfg.batch_size, scheduler,
-                                  grad_clip=cfg.grad_clip)
-    state = eng.restore(engine, cfg.resume_from) or {}
-    if "ema" in state:
-        ema.load_state_dict(state["ema"])
-    eng.record_worker(cfg.out, rank)
-    log = eng.MetricsLog(storage.join(cfg.out, "metrics.jsonl"), enabled=rank == 0)
-    return engine, scheduler, ema, state, log
 
 
 def load_generator_weights(module, url: str) -> None:

@@ -89,8 +89,8 @@ def train_loop(config: dict) -> None:
     from cemiray.diffusion.unconditional import build_noise_scheduler, build_unet
     from cemiray.train import engine as eng
     from cemiray.train.diffusion_modules import UncondTrainModule
+    from cemiray.train.ema import start_ema_training
     from cemiray.train.face_data import decode_batch
-    from cemiray.train.gen import start_ema_training
 
     cfg = TrainUncondConfig.model_validate(config["cfg"])
     preset = cfg.resolved_preset()
