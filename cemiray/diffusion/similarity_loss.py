@@ -280,7 +280,7 @@ def training_step(
         device, batch_images.dtype
     )
     x_t = scheduler.add_noise(batch_images, noise, t)
-    if variation is not None and hasattr(encoder, "drop_variation"):
+    if variation is not None:
         variation = encoder.drop_variation(variation, generator)  # one dropout for both uses
     condition = encoder(id_embeddings, m, variation=variation, generator=generator,
                         drop_variation=False)

@@ -31,15 +31,11 @@ class VariationAttribute:
     low: float = 0.0
     high: float = 1.0
 
-    def normalise(self, value: float) -> float:
+    def normalise(self, value):
+        """A value (or an array of them) in the attribute's units → what the encoder takes."""
         if self.kind == BINARY:
-            return 2.0 * float(value) - 1.0
-        return (float(value) - self.mean) / self.std
-
-    def denormalise(self, value: float) -> float:
-        if self.kind == BINARY:
-            return (float(value) + 1.0) / 2.0
-        return float(value) * self.std + self.mean
+            return 2.0 * value - 1.0
+        return (value - self.mean) / self.std
 
 
 @dataclass(frozen=True)
@@ -98,11 +94,8 @@ class VariationSpec:
 
     def encode_columns(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         """Training values (`columns[name]`, NaN = unknown) → float32 N×A normalised, NaN kept."""
-        out = []
-        for a in self.attributes:
-            x = np.asarray(columns[a.name], dtype=np.float64)
-            out.append((2.0 * x - 1.0) if a.kind == BINARY else (x - a.mean) / a.std)
-        return np.stack(out, axis=1).astype(np.float32)
+        return np.stack([a.normalise(np.asarray(columns[a.name], dtype=np.float64))
+                         for a in self.attributes], axis=1).astype(np.float32)
 
     def check_request(self, request: Any, where: str = "variation") -> dict[str, float]:
         """One image's requested variation, a mapping {attribute: value}, checked: unknown names,
@@ -137,12 +130,19 @@ class VariationSpec:
             out[name] = float(value)
         return out
 
+    def check_requests(self, requests: list[Any], where: str = "variation") -> list[dict]:
+        """`check_request` of each request, named `where[i]` in an error."""
+        return [self.check_request(r, f"{where}[{i}]") for i, r in enumerate(requests)]
+
+    def encode_checked(self, checked: list[dict[str, float]]) -> np.ndarray:
+        """Checked requests → float32 N×A normalised, NaN where unspecified."""
+        out = np.full((len(checked), len(self)), np.nan, dtype=np.float32)
+        for i, request in enumerate(checked):
+            for j, a in enumerate(self.attributes):
+                if a.name in request:
+                    out[i, j] = a.normalise(request[a.name])
+        return out
+
     def encode_requests(self, requests: list[Any], where: str = "variation") -> np.ndarray:
         """Requests (each a mapping or None) → float32 N×A normalised, NaN where unspecified."""
-        out = np.full((len(requests), len(self)), np.nan, dtype=np.float32)
-        for i, request in enumerate(requests):
-            checked = self.check_request(request, f"{where}[{i}]")
-            for j, a in enumerate(self.attributes):
-                if a.name in checked:
-                    out[i, j] = a.normalise(checked[a.name])
-        return out
+        return self.encode_checked(self.check_requests(requests, where))

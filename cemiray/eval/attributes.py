@@ -38,6 +38,14 @@ def plain_value(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def read_attributes(model, images: np.ndarray, names: list[str],
+                    device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+    """Per image, the model's reading of `names` as JSON values: what a generated image shows,
+    recorded beside what was requested (generate's rows, served responses)."""
+    pred = predict_images(model, images, device=device)
+    return [{n: plain_value(pred[n][i]) for n in names} for i in range(len(images))]
+
+
 def truth_value(row: dict, name: str) -> Any:
     """`name` of a source row: a column, else a key of its nested per-image attributes
     (ToyFaces' `nuisance`), else None (unlabelled)."""

@@ -131,7 +131,8 @@ class GeneratorModel:
             out = sample(self.pipe, spec, ids, sims, [jobs[i].seed for i in index],
                          self.recognizer, variation=variation)
             within = out.within_tolerance
-            measured = self._measure(out.images)
+            # opt-in (variation_estimator): every image's reading, requested or not
+            measured = self._measure(out.images) if self.measured else None
             for j, i in enumerate(index):
                 results[i] = {"image": out.images[j], "similarity": float(out.similarity[j]),
                               "seed": int(out.seeds[j]), "tries": int(out.tries[j]),
@@ -139,11 +140,8 @@ class GeneratorModel:
                               "variation_measured": measured[j] if measured else None}
         return results
 
-    def _measure(self, images: np.ndarray) -> list[dict] | None:
+    def _measure(self, images: np.ndarray) -> list[dict]:
         """The estimator's reading of the generator's attributes in each image."""
-        if not self.measured:
-            return None
-        from cemiray.eval.attributes import plain_value, predict_images
+        from cemiray.eval.attributes import read_attributes
 
-        pred = predict_images(self.estimator, images, device=self.device)
-        return [{n: plain_value(pred[n][j]) for n in self.measured} for j in range(len(images))]
+        return read_attributes(self.estimator, images, self.measured, self.device)

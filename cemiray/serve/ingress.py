@@ -201,11 +201,10 @@ class CemirayAPI:
                                 "variation condition")
         spec = VariationSpec.from_config(spec)
         try:
-            checked = [spec.check_request(v, f"variation[{i}]") or None
-                       for i, v in enumerate(requested)]
-            return checked, spec.encode_requests(checked)
+            checked = spec.check_requests(requested)
         except ValueError as exc:
             raise APIError(422, str(exc)) from None
+        return [c or None for c in checked], spec.encode_checked(checked)
 
     async def models(self) -> ModelsResponse:
         """What is loaded (with content hashes and batch counts) and the request limits."""

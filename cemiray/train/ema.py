@@ -43,24 +43,23 @@ class EmaWeights:
                 p.copy_(self.shadow[name].to(p.device, p.dtype))
 
 
-def start_ema_training(model, cfg, rank: int):
+def start_ema_training(model, cfg, rank: int, lr_scales: dict[str, float] | None = None):
     """What the diffusion trainers (train-gen, train-uncond) share inside a worker: AdamW with a
     linear warm-up, the DeepSpeed engine, an EMA of the weights, the restored state (after a
     failure or from `cfg.resume_from`, EMA included) and the metrics log. `cfg` needs lr,
     weight_decay, warmup_steps, batch_size, grad_clip, ema_decay, resume_from, out and
-    distributed. Returns (engine, lr scheduler, ema, state dict, log)."""
+    distributed. `lr_scales` {name part: factor}: parameters whose name holds the part learn at
+    lr × factor. Returns (engine, lr scheduler, ema, state dict, log)."""
     import torch
 
     from cemiray.train import engine as eng
 
     ema = EmaWeights(model, cfg.ema_decay)
-    scale = getattr(cfg, "variation_lr_scale", 1.0)
-    # the condition encoder's variation layers (condition_encoder.variation_mlp/_out)
-    fast = [p for n, p in model.named_parameters() if ".variation_" in n]
-    fast_ids = {id(p) for p in fast}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in fast_ids]}]
-    if fast:
-        groups.append({"params": fast, "lr": cfg.lr * scale})
+    by_factor: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        factor = next((f for part, f in (lr_scales or {}).items() if part in name), 1.0)
+        by_factor.setdefault(factor, []).append(p)
+    groups = [{"params": ps, "lr": cfg.lr * f} for f, ps in by_factor.items()]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = cfg.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -277,7 +277,9 @@ def train_loop(config: dict) -> None:
     if cfg.init_from:
         load_generator_weights(model, cfg.init_from)
     model = model.to(device)
-    engine, scheduler, ema, state, log = start_ema_training(model, cfg, rank)
+    # the condition encoder's variation layers (variation_mlp, variation_out)
+    engine, scheduler, ema, state, log = start_ema_training(
+        model, cfg, rank, lr_scales={".variation_": cfg.variation_lr_scale})
     step, images_seen = int(state.get("step", 0)), int(state.get("images_seen", 0))
     if rank == 0:
         bank_info = {"rows": len(bank), "bank_mb": round(bank.nbytes / 2**20, 1)}

@@ -70,6 +70,9 @@ def prepare_inputs(cfg: GenerateConfig) -> Inputs:
             raise ValueError(f"variation planned but the generator {cfg.generator} was trained "
                              f"without a variation condition (train-gen variation=[...])")
         variation = ResolvedPlan(cfg.variation, VariationSpec.from_config(facts["variation_spec"]))
+        if variation.clipped:
+            print(f"generate: variation.table: {variation.clipped} values outside the "
+                  f"generator's trained ranges are clipped to them", flush=True)
     if cfg.variation_estimator:
         from cemiray.models.attributes import load_attribute_model
 

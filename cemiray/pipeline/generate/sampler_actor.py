@@ -143,11 +143,10 @@ class SamplerActor:
         """The estimator's reading of each image's planned attributes, as JSON text."""
         import json
 
-        from cemiray.eval.attributes import plain_value, predict_images
+        from cemiray.eval.attributes import read_attributes
 
-        pred = predict_images(self.estimator, images, device=self.device)
-        return np.array([json.dumps({n: plain_value(pred[n][i]) for n in self.measured_names},
-                                    sort_keys=True) for i in range(len(images))], dtype=object)
+        readings = read_attributes(self.estimator, images, self.measured_names, self.device)
+        return np.array([json.dumps(r, sort_keys=True) for r in readings], dtype=object)
 
     def _judge_inquiry(self, item: dict[str, Any]) -> np.ndarray:
         """Judge embeddings of the chunk's inquiry images, one row per identity."""
