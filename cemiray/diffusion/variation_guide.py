@@ -1,9 +1,9 @@
 """An attribute term for variation training: x̂0 must show the variation it was asked for.
 
 The denoising loss alone teaches the variation condition slowly: on ToyFaces at 32 px a glasses
-frame or a mask moves the v-prediction MSE by well under 1% (measured: 0.1025 with the right
-variation against 0.1029 with a shuffled one, after 600 fine-tuning steps), so the condition's
-gradient is faint. As CemiFace's SimMat term reads the identity of x̂0 with a frozen recogniser,
+frame or a mask is a few pixels of the v-prediction target, so the condition's gradient is faint
+(600-step pilots with the denoising loss alone learned blur and little else:
+docs/results/variation_routes.json). As CemiFace's SimMat term reads the identity of x̂0 with a frozen recogniser,
 this term reads its attributes with a frozen attribute predictor (cemiray.models.attributes, the
 one that labels and selects, never the independent estimator that measures the results):
 
