@@ -141,7 +141,7 @@ def test_pool_grew_from_one_to_two_actors(generated):
     assert len(workers) == 2, f"expected images from 2 sampler actors, got {workers}"
     assert sum(workers.values()) == N * K
     assert generated["summary"]["duplicates_dropped"] == 0
-    assert 0 < generated["summary"]["peak_buffered_images"] <= N * K
+    assert 0 < generated["summary"]["peak_open_images"] <= N * K
 
 
 @pytest.mark.ray
@@ -187,7 +187,7 @@ def test_recordio_and_imagefolder_round_trip(generated):
 def test_images_are_a_pure_function_of_the_plan(generated):
     """Re-sampling one chunk outside Ray reproduces the stored PNG bytes exactly."""
     from cemiray.pipeline.generate.job import prepare_inputs
-    from cemiray.pipeline.generate.sampler_actor import SamplerActor, encode_pngs
+    from cemiray.pipeline.generate.sampler_actor import SamplerActor
     from cemiray.pipeline.generate.shard_plan import identities_per_chunk, work_items
 
     cfg = generated["cfg"]
@@ -200,14 +200,14 @@ def test_images_are_a_pure_function_of_the_plan(generated):
     try:
         actor = SamplerActor(cfg.generator, cfg.recognizer, inputs.hashes, cfg.sampling,
                              judge=cfg.judge, images_per_call=cfg.images_per_call)
-        batches = [encode_pngs(b) for b in actor.generate_chunk(item)]
+        batches = list(actor.generate_chunk(item))
     finally:
         torch.set_num_threads(threads)
     stored = {(r["label"], r["sample"]): r for r in generated["rows"]}
     for batch in batches:
         for i, label in enumerate(batch["label"]):
             row = stored[(int(label), int(batch["sample"][i]))]
-            assert batch["image"][i] == row["image"]
+            assert encode_png(batch["pixels"][i]) == row["image"]
             assert batch["similarity"][i] == pytest.approx(row["similarity"], abs=1e-6)
 
 
@@ -290,7 +290,7 @@ def test_guided_closed_loop_keeps_each_images_variation_and_records_guidance(tmp
     from cemiray.pipeline.generate.job import prepare_inputs
     from cemiray.pipeline.generate.sampler_actor import SamplerActor
     from cemiray.pipeline.generate.shard_plan import work_items
-    from cemiray.pipeline.generate.streaming import shard_rows
+    from cemiray.pipeline.generate.streaming import row_context
 
     paths = make_inputs(tmp_path, 4, VARIED)
     cfg = GenerateConfig(out=str(tmp_path / "out"), **paths, samples_per_identity=3, steps=2,
@@ -314,11 +314,13 @@ def test_guided_closed_loop_keeps_each_images_variation_and_records_guidance(tmp
     assert np.array_equal(out["pixels"], guided)
     assert not np.array_equal(out["pixels"], pipe(ids, targets, seeds, **kw).images)
 
-    rows = [{**{k: v[i] for k, v in out.items() if k != "pixels"}, "image": b"png"}
-            for i in range(len(out["label"]))]
-    stored = list(shard_rows(rows, cfg, inputs))
+    pending = plan_shards(4, 4)
+    index = np.arange(len(out["label"]))
+    images = [b"png"] * len(index)
+    stored = list(row_context(cfg, inputs, pending).rows(out, images, index))
     assert {(r["guidance_scale"], r["guidance_m"]) for r in stored} == {(2.0, 0.25)}
     assert all(set(json.loads(r["variation"])) == {"yaw", "glasses"} for r in stored)
     unguided = cfg.model_copy(update={
         "sampling": cfg.sampling.model_copy(update={"guidance_scale": 1.0})})
-    assert all("guidance_scale" not in r for r in shard_rows(rows, unguided, inputs))
+    assert all("guidance_scale" not in r
+               for r in row_context(unguided, inputs, pending).rows(out, images, index))

@@ -23,8 +23,8 @@ from cemiray.pipeline.generate.schedules import (
 )
 from cemiray.pipeline.generate.shard_plan import (
     OutputConflictError,
-    ShardCollector,
     ShardPlanError,
+    ShardProgress,
     check_plan,
     plan_fingerprint,
     plan_shards,
@@ -193,24 +193,28 @@ def test_plan_covers_every_image_once_in_fixed_chunks():
     assert sorted(seen) == [(label, s) for label in range(11) for s in range(3)]
 
 
-def test_collector_hands_each_shard_over_once_and_drops_repeats():
+def test_progress_completes_each_shard_once_from_keys_and_drops_repeats():
     shards = plan_shards(4, 2)
-    collector = ShardCollector(shards, samples_per_identity=2)
-    rows = [{"shard": label // 2, "label": label, "sample": s} for label in range(4)
-            for s in range(2)]
+    progress = ShardProgress(shards, samples_per_identity=2)
     completed = []
-    for row in [rows[0], rows[1], rows[0], rows[4], rows[2], rows[3]]:
-        spec = collector.add(dict(row))
+    # parts as (shard, labels, samples): a repeated part, a part repeating a key inside itself,
+    # and a part that completes shard 0 with one key it already had
+    for shard, labels, samples in [(0, [0, 0], [0, 1]), (0, [0], [0]), (1, [2, 2], [0, 0]),
+                                   (0, [1, 0], [0, 0]), (0, [1], [1])]:
+        spec = progress.add(shard, labels, samples)
         if spec is not None:
-            completed.append([(r["label"], r["sample"]) for r in collector.pop(spec)])
-    assert completed == [[(0, 0), (0, 1), (1, 0), (1, 1)]]
-    assert collector.duplicates == 1 and collector.peak_buffered == 5
-    assert collector.add(dict(rows[3])) is None and collector.duplicates == 2
-    assert collector.missing() == {"shard-00000002-00000004.parquet": 3}
+            completed.append(spec.name)
+    assert completed == ["shard-00000000-00000002.parquet"]
+    assert progress.duplicates == 3 and progress.peak_open_images == 5
+    assert progress.open_images == 1  # shard 1's one key; shard 0's were dropped
+    assert progress.add(0, [1], [1]) is None and progress.duplicates == 4
+    assert progress.missing() == {"shard-00000002-00000004.parquet": 3}
     with pytest.raises(ShardPlanError, match="does not belong to shard"):
-        collector.add({"shard": 1, "label": 0, "sample": 0})
+        progress.add(1, [0], [0])
+    with pytest.raises(ShardPlanError, match="does not belong to shard"):
+        progress.add(1, [2], [2])
     with pytest.raises(ShardPlanError, match="not pending"):
-        collector.add({"shard": 7, "label": 0, "sample": 0})
+        progress.add(7, [0], [0])
 
 
 def test_plan_check_ignores_execution_fields_and_refuses_real_changes(tmp_path):

@@ -10,6 +10,7 @@ temporary name and renamed when complete, so `list_shards` never sees a partial 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -97,10 +98,16 @@ def _check_row(url: str, index: int, row: dict, keys: list[str]) -> None:
             raise ShardError(f"{url}: row {index} field {field!r} is {value!r}, expected an int")
 
 
+def column_kind(where: str, name: str, values: list) -> str:
+    """The stored kind of a metadata column holding `values` (as write_shard infers it);
+    for fixing a column's type across files that each hold only some of its values."""
+    return _column_kind(where, name, [_plain(v) for v in values])
+
+
 class _ShardBuilder:
     """Turns batches of rows into Arrow record batches of one fixed schema."""
 
-    def __init__(self, url: str, first_batch: list[dict]):
+    def __init__(self, url: str, first_batch: list[dict], kinds: dict[str, str] | None = None):
         self.url = url
         for required in ("image", "label", "sample"):
             if first_batch and required not in first_batch[0]:
@@ -108,8 +115,10 @@ class _ShardBuilder:
         self.keys = list(first_batch[0]) if first_batch else ["image", "label", "sample"]
         base = [name for name, _ in BASE_FIELDS]
         self.meta_names = [k for k in self.keys if k not in base]
+        kinds = kinds or {}
         self.kinds = {
-            name: _column_kind(url, name, [_plain(r.get(name)) for r in first_batch])
+            name: kinds.get(name) or _column_kind(url, name, [_plain(r.get(name))
+                                                             for r in first_batch])
             for name in self.meta_names
         }
         fields = [pa.field(n, t, nullable=False) for n, t in BASE_FIELDS]
@@ -154,37 +163,83 @@ def write_shard(
     rows: Iterable[dict],
     metadata: dict[str, Any] | None = None,
     row_group_size: int = 1024,
+    kinds: dict[str, str] | None = None,
 ) -> int:
     """Write face rows to one Parquet file, atomically; returns the number of rows.
 
     `rows` may be a generator: rows are converted one row group at a time. If anything raises
     before the end, no file appears at `url`. `metadata` values must be JSON-serialisable; they
-    come back from `read_shard_metadata`."""
+    come back from `read_shard_metadata`. `kinds` fixes the type of the metadata columns it
+    names (see column_kind) instead of inferring it from the first row group."""
+    with storage.atomic_open(url, "wb") as f:
+        return _write_rows(f, url, rows, metadata, row_group_size, kinds)
+
+
+def shard_bytes(where: str, rows: Iterable[dict], metadata: dict[str, Any] | None = None,
+                kinds: dict[str, str] | None = None, row_group_size: int = 1024) -> bytes:
+    """The bytes write_shard would write for `rows` (for small files written in one put and
+    hashed without reading them back); `where` names them in errors."""
+    buf = io.BytesIO()
+    _write_rows(buf, where, rows, metadata, row_group_size, kinds)
+    return buf.getvalue()
+
+
+def _write_rows(f: Any, url: str, rows: Iterable[dict], metadata: dict[str, Any] | None,
+                row_group_size: int, kinds: dict[str, str] | None) -> int:
     chunks = _chunks(rows, row_group_size)
     first = next(chunks, [])
-    builder = _ShardBuilder(url, first)
-    kv = {JSON_COLUMNS_KEY: json.dumps(builder.json_columns)}
+    builder = _ShardBuilder(url, first, kinds)
+    count = 0
+    schema = builder.schema.with_metadata(_key_values(url, builder.json_columns, metadata))
+    with _writer(f, schema) as writer:
+        for chunk in _all(first, chunks):
+            writer.write_batch(builder.batch(chunk, count))
+            count += len(chunk)
+        writer.add_key_value_metadata({NUM_ROWS_KEY: str(count)})
+    return count
+
+
+def table_shard_bytes(where: str, table: pa.Table, json_columns: list[str],
+                      metadata: dict[str, Any] | None = None,
+                      row_group_size: int = 1024) -> bytes:
+    """An Arrow table of face rows (read back from shards, e.g. joined parts) as the bytes of
+    one shard, written with the same settings as write_shard."""
+    _check_schema(where, table.schema)
+    table = table.replace_schema_metadata(_key_values(where, json_columns, metadata))
+    buf = io.BytesIO()
+    with _writer(buf, table.schema) as writer:
+        writer.write_table(table.combine_chunks(), row_group_size=row_group_size)
+        writer.add_key_value_metadata({NUM_ROWS_KEY: str(table.num_rows)})
+    return buf.getvalue()
+
+
+def read_json_columns(url: str) -> list[str]:
+    """Names of a shard's columns stored as JSON text (dicts and lists)."""
+    f, pf = _open_parquet(url)
+    with f:
+        return json.loads(_file_metadata(pf).get(JSON_COLUMNS_KEY, "[]"))
+
+
+def _key_values(url: str, json_columns: list[str],
+                metadata: dict[str, Any] | None) -> dict[str, str]:
+    kv = {JSON_COLUMNS_KEY: json.dumps(json_columns)}
     for key, value in (metadata or {}).items():
         try:
             kv[USER_KEY_PREFIX + str(key)] = json.dumps(value, sort_keys=True)
         except TypeError as exc:
             raise ShardError(f"{url}: metadata {key!r} is not JSON-serialisable ({exc})") from exc
-    count = 0
-    with storage.atomic_open(url, "wb") as f:
-        schema = builder.schema.with_metadata(kv)
-        others = [n for n in schema.names if n != "image"]
-        with pq.ParquetWriter(
-            f,
-            schema,
-            use_dictionary=others,  # dictionaries of image bytes cost 7× the write time
-            write_statistics=others,
-            compression={"image": "none", **dict.fromkeys(others, "snappy")},  # PNG/JPEG already
-        ) as writer:
-            for chunk in _all(first, chunks):
-                writer.write_batch(builder.batch(chunk, count))
-                count += len(chunk)
-            writer.add_key_value_metadata({NUM_ROWS_KEY: str(count)})
-    return count
+    return kv
+
+
+def _writer(f: Any, schema: pa.Schema) -> pq.ParquetWriter:
+    others = [n for n in schema.names if n != "image"]
+    return pq.ParquetWriter(
+        f,
+        schema,
+        use_dictionary=others,  # dictionaries of image bytes cost 7× the write time
+        write_statistics=others,
+        compression={"image": "none", **dict.fromkeys(others, "snappy")},  # PNG/JPEG already
+    )
 
 
 def _all(first: list[dict], rest: Iterator[list[dict]]) -> Iterator[list[dict]]:

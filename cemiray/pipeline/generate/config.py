@@ -38,11 +38,14 @@ class SamplerPoolConfig(BaseModel):
     min_workers: int = Field(1, ge=1, description="fewest sampler actors")
     initial_workers: int | None = Field(None, ge=1, description="actors at start (min if unset)")
     use_gpu: bool = False
+    gpus_per_worker: float = Field(1.0, gt=0, le=1, description="GPU share of a sampler actor "
+                                   "(0.5: two actors share a GPU); with use_gpu")
     cpus_per_worker: float = Field(0.5, ge=0, description="≤ 0.5 on a 2-core machine")
     tasks_in_flight_per_worker: int = Field(2, ge=1, description="chunks queued per actor")
     cpus_per_encode_task: float = Field(0.5, gt=0)
-    encode_batch: int | None = Field(None, ge=1, description="images per PNG-encoding batch "
-                                     "(None: images_per_call, one sampler micro-batch)")
+    encode_batch: int | None = Field(None, ge=1, description="images per encode-and-write "
+                                     "task (None: one block as the sampler made it, i.e. one "
+                                     "chunk: one part file per chunk)")
     block_mb: int = Field(16, ge=1, description="Ray Data's target max block size")
     object_store_budget_mb: int | None = Field(None, ge=1, description="cap on Ray Data's "
                                                "object-store use (None: Ray Data's default)")
@@ -59,8 +62,10 @@ class SamplerPoolConfig(BaseModel):
 class GenerateConfig(JobConfig):
     out: str = "runs/generate"
     seeds: str = Field(description="seed table (Parquet) URL: seed_id, embedding, source, ...")
-    generator: str = Field(description="CemiFace pipeline folder URL (save_pipeline)")
-    recognizer: str = Field(description="conditioning recogniser URI (folder, .pth?arch=, .onnx)")
+    generator: str = Field(description="CemiFace pipeline folder URL (save_pipeline), or "
+                           "null:<size> for the null generator that measures the pipeline")
+    recognizer: str | None = Field(None, description="conditioning recogniser URI (folder, "
+                                   ".pth?arch=, .onnx); needed unless the generator is null")
     judge: str | None = Field(None, description="optional independent judge recogniser URI")
     samples_per_identity: int = Field(50, ge=1)
     identities_per_shard: int = Field(50, ge=1)

@@ -32,9 +32,30 @@ class Inputs:
 
 def absolute_paths(cfg: GenerateConfig) -> GenerateConfig:
     """Relative local paths made absolute: Ray workers run in other folders."""
+    from cemiray.pipeline.generate.null_sampler import is_null
+
     fields = ("out", "seeds", "generator", "recognizer", "judge", "leakage_audit",
               "variation_estimator")
-    return cfg.model_copy(update={f: storage.absolute(getattr(cfg, f)) for f in fields})
+    return cfg.model_copy(update={f: storage.absolute(getattr(cfg, f)) for f in fields
+                                  if not (f == "generator" and is_null(cfg.generator))})
+
+
+def _null_inputs(cfg: GenerateConfig) -> Inputs:
+    """The inputs of a run with the null generator: the seed table only."""
+    from cemiray.pipeline.generate.null_sampler import null_hash, null_size
+    from cemiray.pipeline.seeds.table import read_seed_table
+
+    size = null_size(cfg.generator)
+    given = [name for name in ("judge", "variation", "variation_estimator")
+             if getattr(cfg, name)] + (["closed_loop"] if cfg.sampling.closed_loop else [])
+    if given:
+        raise ValueError(f"generator {cfg.generator}: the null generator measures the pipeline "
+                         f"only and takes no {', '.join(given)}")
+    table = read_seed_table(cfg.seeds, reserved=OUTPUT_COLUMNS)
+    return Inputs(table=table, id_dim=int(table.embeddings.shape[1]), image_size=size,
+                  hashes={"seeds": table.sha256, "generator": null_hash(cfg.generator),
+                          "recognizer": None, "judge": None, "variation_estimator": None},
+                  audit=None)
 
 
 def _generator_facts(url: str) -> dict[str, Any]:
@@ -58,8 +79,14 @@ def prepare_inputs(cfg: GenerateConfig) -> Inputs:
     """Open, validate and hash every input; raises with the file named on the first problem."""
     from cemiray.models.hashing import model_hash
     from cemiray.models.recognizer import load_recognizer
+    from cemiray.pipeline.generate.null_sampler import is_null
     from cemiray.pipeline.seeds.table import read_seed_table
 
+    if is_null(cfg.generator):
+        return _null_inputs(cfg)
+    if not cfg.recognizer:
+        raise ValueError(f"generator {cfg.generator}: a recognizer is needed (the one the "
+                         "generator was conditioned with)")
     facts = _generator_facts(cfg.generator)
     variation = None
     if cfg.variation:

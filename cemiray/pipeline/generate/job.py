@@ -12,20 +12,25 @@ Pipeline (one Ray Data dataset over the shards not yet complete):
   → map_batches(SamplerActor, ActorPoolStrategy(min, max, initial), batch_size=1): generator,
     conditioning recogniser, closed loop and judge, loaded once per actor; yields raw uint8
     images in micro-batches of `images_per_call`
-  → map_batches(encode_pngs) as CPU tasks: PNG encoding off the sampler's critical path
-  → iter_batches in the driver: rows are buffered per shard and a shard is written (atomically,
-    in (label, sample) order) the moment its last image arrives.
+  → map_batches(encode_and_write) as CPU tasks, off the sampler's critical path: PNG encoding,
+    the identity and lineage columns, and one part file per batch written by the task itself
+    under parts/<shard>/ (atomically); a small completion record goes on
+  → iter_batches in the driver over the records only: it counts each shard's keys and, the
+    moment a shard's are all written, starts a task that joins the parts into the final shard
+    (atomically, in (label, sample) order) and removes them.
 
 Every image is a pure function of the plan: its m, noise seed and variation come from (global
 seed, seed_id, sample), and a chunk is always sampled in the same micro-batches, so a chunk
 re-sampled by another actor, a retry or a rerun gives the same images — bit for bit on the same
 device type and thread count (tests/test_generate.py checks the PNG bytes).
 
-Why the driver writes. Ray Data does not keep rows of one shard together after map_batches, and
-a groupby would hold the whole dataset back until every image exists (an all-to-all barrier).
-Writing from the driver needs no barrier, writes each shard exactly once per run (rows that a
-retried task delivers twice are dropped by their (label, sample) key and counted), and a shard's
-bytes are at most a few hundred MB of PNGs, which a driver writes at disk/network speed.
+Why workers write. A driver that receives every image is a single-node ceiling: its network,
+memory and CPU grow with the cluster. Ray Data does not keep rows of one shard together after
+map_batches, and a groupby would hold the whole dataset back until every image exists (an
+all-to-all barrier), so the workers write parts as images come and a shard is joined from its
+parts once they are all there: no barrier, no image in the driver, and exactly once from
+determinism (cemiray.pipeline.generate.writer). The driver holds only the key bitmaps of open
+shards and the plan.
 
 Memory is kept bounded on purpose (rows that fan out into images flood the object store
 otherwise, Ray issues 34041/42217):
@@ -43,20 +48,22 @@ otherwise, Ray issues 34041/42217):
   1.75, so the pool can grow);
 - `distributed.object_store_budget_mb` optionally caps Ray Data's object-store budget, which it
   enforces by backpressure on the operators upstream of a full queue;
-- the driver buffers only shards that are incomplete; since chunks enter in shard order and at
-  most (workers × tasks in flight) chunks are being sampled, that is a few shards. The peak is
-  measured and recorded in the manifest (`run.peak_buffered_images`).
+- the driver holds no image: only one bit per image of the shards still open (chunks enter in
+  shard order, so that is a few shards); the peak is recorded (`run.peak_open_images`).
 
 A killed sampler actor is restarted and its unfinished chunks are retried: Ray Data gives
 actor-pool workers max_restarts=-1 and max_task_retries=-1 by default (passing them through
-map_batches is deprecated in Ray 2.60). The rows a retried chunk delivers again are dropped by key.
+map_batches is deprecated in Ray 2.60). The rows a retried chunk delivers again are counted once
+by key; their parts rewrite the same rows. A killed driver's parts are kept: a rerun counts them
+and samples only the chunks they do not cover.
 
 On 2 cores a sampler actor must reserve at most half a CPU (`distributed.cpus_per_worker`,
 default 0.5): actors reserving whole CPUs starve the encode tasks and the pipeline hangs
 silently (docs/STACK.md). On GPUs each actor takes one GPU (`distributed.use_gpu`).
 
 Files: config (GenerateConfig, the SamplingSpec it carries), inputs (opening and hashing the
-models and seed table), streaming (the Ray Data pipeline and the shard writer), sampler_actor,
+models and seed table), streaming (the Ray Data pipeline and the driver loop), sampler_actor,
+null_sampler (no model: for measuring the pipeline), writer (encode, parts, shard joining),
 shard_plan, dataset_card; this module runs them.
 
 Exactly once: see shard_plan. A rerun skips complete shards and redoes missing ones; an output
@@ -77,6 +84,7 @@ from cemiray.data import storage
 from cemiray.pipeline.generate.config import OUTPUT_COLUMNS, GenerateConfig, SamplerPoolConfig
 from cemiray.pipeline.generate.inputs import Inputs, absolute_paths, prepare_inputs
 from cemiray.pipeline.generate.streaming import generate_shards
+from cemiray.pipeline.generate.writer import remove_finished_parts
 
 __all__ = ["OUTPUT_COLUMNS", "GenerateConfig", "Inputs", "SamplerPoolConfig", "prepare_inputs",
            "run"]
@@ -106,6 +114,7 @@ def _manifest(cfg: GenerateConfig, inputs: Inputs, fingerprint: dict, shards: li
         raise RuntimeError(f"{parquet_url}: the shards hold {counts['images']} rows, the plan "
                            f"{expected}")
     leakage = table.attributes.get("leakage_max")
+    hashes = run.pop("shard_sha256", {})
     return {
         "format": card.MANIFEST_FORMAT,
         "name": cfg.out.rstrip("/").rsplit("/", 1)[-1],
@@ -117,7 +126,9 @@ def _manifest(cfg: GenerateConfig, inputs: Inputs, fingerprint: dict, shards: li
         "image_size": inputs.image_size,
         "counts": counts,
         "shards": [{"name": s.name, "first": s.first, "last": s.last,
-                    "rows": shard_num_rows(u)} for s, u in zip(shards, urls, strict=True)],
+                    "rows": shard_num_rows(u), **({"sha256": hashes[s.name]}
+                                                  if s.name in hashes else {})}
+                   for s, u in zip(shards, urls, strict=True)],
         "similarity": card.similarity_groups(target, achieved, within, judge),
         "sources": dict(Counter(table.sources).most_common(20)),
         "attributes": card.attribute_summary(table.attributes),
@@ -147,16 +158,18 @@ def run(cfg: GenerateConfig) -> dict:
     shards = sp.plan_shards(len(inputs.table), cfg.identities_per_shard)
     stale = sp.remove_stale_temporaries(parquet_url)
     done = sp.complete_shards(parquet_url, shards)
+    stale += remove_finished_parts(cfg.out, [s for s in shards if s.index in done])
     pending = [s for s in shards if s.index not in done]
     run_info: dict[str, Any] = {"shards_skipped": len(done), "stale_temporaries_removed": stale}
     if pending:
         init_ray(cfg.ray)
         run_info.update(generate_shards(cfg, inputs, pending, parquet_url, plan_sha))
+        remove_finished_parts(cfg.out, [])
     else:
         run_info.update(shards_written=0, images_generated=0, generation_seconds=0.0,
                         images_per_s=None, first_images_after_seconds=None,
-                        steady_images_per_s=None, duplicates_dropped=0, peak_buffered_images=0,
-                        sampler_workers={})
+                        steady_images_per_s=None, duplicates_dropped=0, peak_open_images=0,
+                        parts_reused=0, images_reused=0, sampler_workers={})
     manifest, target, achieved = _manifest(cfg, inputs, fingerprint, shards, parquet_url,
                                            run_info)
     urls = [storage.join(parquet_url, s.name) for s in shards]

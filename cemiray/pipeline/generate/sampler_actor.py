@@ -7,12 +7,15 @@ It takes chunk rows (see shard_plan.work_items: a few whole identities with ever
 m, seed and variation) and yields raw uint8 images with their measured similarity, one
 micro-batch of at most `images_per_call` images at a time, so the fan-out from a chunk to its
 images leaves the actor in small blocks. Scoring (and the closed loop, which re-samples images
-off target) runs here, next to the images; PNG encoding does not (see `encode_pngs`).
+off target) runs here, next to the images; PNG encoding and writing do not
+(cemiray.pipeline.generate.writer). Each row carries the sampler's CPU seconds per image
+(process time of the micro-batch ÷ its images) for the run's per-stage cost.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,6 +99,7 @@ class SamplerActor:
             requested = np.asarray(item["variation_request"], dtype=object)
         inquiry = self._judge_inquiry(item) if self.judge is not None else None
         for start in range(0, len(position), self.images_per_call):
+            cpu = time.process_time()
             part = slice(start, start + self.images_per_call)
             out = self._sample(torch.from_numpy(embeddings[position[part]]), targets[part],
                                seeds[part].tolist(),
@@ -121,6 +125,7 @@ class SamplerActor:
             if inquiry is not None:
                 rows["judge_similarity"] = self.judge.similarity(
                     self.judge.embed(out["images"]), inquiry[position[part]])
+            rows["sample_cpu_s"] = np.full(n, (time.process_time() - cpu) / max(n, 1))
             yield rows
 
     def _sample(self, ids: Any, targets: np.ndarray, seeds: list[int],
@@ -157,13 +162,4 @@ class SamplerActor:
         if len({image.shape for image in images}) == 1:  # one batch when the sizes agree
             return self.judge.embed(np.stack(images))
         return np.concatenate([self.judge.embed(image[None]) for image in images])
-
-
-def encode_pngs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The CPU stage after the sampler: raw pixels → lossless PNG bytes (Ray tasks)."""
-    from cemiray.data.images import encode_png
-
-    out = {key: value for key, value in batch.items() if key != "pixels"}
-    out["image"] = np.array([encode_png(np.asarray(p)) for p in batch["pixels"]], dtype=object)
-    return out
 

@@ -120,56 +120,80 @@ def work_items(
     return items
 
 
-class ShardCollector:
-    """Buffers generated rows until a shard has every (label, sample) it plans, then hands the
-    shard over once. Rows arriving twice (a retried task) are counted and dropped; rows outside
-    the plan are errors."""
+class ShardProgress:
+    """Counts the images of each pending shard from the workers' completion records — keys
+    only, never images — and says when a shard's keys are all present. Keys arriving twice (a
+    retried task) are counted and dropped; keys outside the plan are errors. A shard's key set
+    is dropped once it is complete, so the driver holds keys of open shards only."""
 
     def __init__(self, shards: list[ShardSpec], samples_per_identity: int):
         self.shards = {s.index: s for s in shards}
         self.samples = samples_per_identity
-        self.rows: dict[int, dict[tuple[int, int], dict]] = {}
+        self.seen: dict[int, np.ndarray] = {}
         self.done: set[int] = set()
         self.duplicates = 0
-        self.buffered = 0
-        self.peak_buffered = 0
+        self.open_images = 0
+        self.peak_open_images = 0
+        self.counted = 0
 
-    def add(self, row: dict) -> ShardSpec | None:
-        """Take one row; returns the shard it completes, if any."""
-        shard_index, label, sample = int(row["shard"]), int(row["label"]), int(row["sample"])
-        spec = self.shards.get(shard_index)
+    def add(self, shard_index: int, labels: Any, samples: Any) -> ShardSpec | None:
+        """Take the keys of one part; returns the shard they complete, if any."""
+        labels = np.asarray(labels, dtype=np.int64)
+        samples = np.asarray(samples, dtype=np.int64)
+        spec = self.shards.get(int(shard_index))
         if spec is None:
-            raise ShardPlanError(f"row (label {label}, sample {sample}) names shard {shard_index}, "
-                                 "which is not pending in this run")
-        if not (spec.first <= label < spec.last and 0 <= sample < self.samples):
-            raise ShardPlanError(f"row (label {label}, sample {sample}) does not belong to shard "
-                                 f"{spec.name}")
-        if shard_index in self.done:
-            self.duplicates += 1
+            raise ShardPlanError(f"a part names shard {shard_index}, which is not pending in "
+                                 "this run")
+        outside = (labels < spec.first) | (labels >= spec.last) | (samples < 0) | (
+            samples >= self.samples)
+        if outside.any():
+            k = int(np.flatnonzero(outside)[0])
+            raise ShardPlanError(f"row (label {labels[k]}, sample {samples[k]}) does not belong "
+                                 f"to shard {spec.name}")
+        if spec.index in self.done:
+            self.duplicates += len(labels)
             return None
-        bucket = self.rows.setdefault(shard_index, {})
-        key = (label, sample)
-        if key in bucket:
-            self.duplicates += 1
-            return None
-        bucket[key] = row
-        self.buffered += 1
-        self.peak_buffered = max(self.peak_buffered, self.buffered)
-        return spec if len(bucket) == spec.num_identities * self.samples else None
+        seen = self.seen.setdefault(spec.index, np.zeros(spec.num_identities * self.samples,
+                                                         dtype=bool))
+        keys = (labels - spec.first) * self.samples + samples
+        fresh = ~seen[keys] & _first_of(keys)
+        self.duplicates += int(len(keys) - fresh.sum())
+        seen[keys[fresh]] = True
+        self.open_images += int(fresh.sum())
+        self.counted += int(fresh.sum())
+        self.peak_open_images = max(self.peak_open_images, self.open_images)
+        if seen.all():
+            self.seen.pop(spec.index)
+            self.done.add(spec.index)
+            self.open_images -= len(seen)
+            return spec
+        return None
 
-    def pop(self, spec: ShardSpec) -> list[dict]:
-        """The rows of a complete shard in (label, sample) order; the shard is then closed."""
-        bucket = self.rows.pop(spec.index)
-        self.done.add(spec.index)
-        self.buffered -= len(bucket)
-        return [bucket[key] for key in sorted(bucket)]
+    def covers(self, shard_index: int, labels: Any, samples: Any) -> bool:
+        """Whether every key given is counted already (a chunk a killed run finished)."""
+        if shard_index in self.done:
+            return True
+        seen = self.seen.get(shard_index)
+        if seen is None:
+            return False
+        spec = self.shards[shard_index]
+        keys = (np.asarray(labels, dtype=np.int64) - spec.first) * self.samples + np.asarray(
+            samples, dtype=np.int64)
+        return bool(seen[keys].all())
 
     def missing(self) -> dict[str, int]:
         """Images still missing per unfinished shard name."""
         return {
-            spec.name: spec.num_identities * self.samples - len(self.rows.get(i, {}))
+            spec.name: int(spec.num_identities * self.samples - self.seen.get(i, np.zeros(0)).sum())
             for i, spec in self.shards.items() if i not in self.done
         }
+
+
+def _first_of(keys: np.ndarray) -> np.ndarray:
+    """True at the first occurrence of each key."""
+    first = np.zeros(len(keys), dtype=bool)
+    first[np.unique(keys, return_index=True)[1]] = True
+    return first
 
 
 def plan_fingerprint(config: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:

@@ -1,26 +1,37 @@
-"""The streaming part of `cemiray generate` (pipeline): Ray Data pipeline and shard writer.
+"""The streaming part of `cemiray generate` (pipeline): the Ray Data pipeline and its driver loop.
 
-The pipeline goes from chunk rows to encoded image rows; the driver loop writes each shard, with
-its lineage columns, the moment its last image arrives (cemiray.pipeline.generate.job says why
-the driver writes).
+The pipeline goes from chunk rows through the sampler actors to the encode-and-write tasks, which
+write every image into part files themselves (cemiray.pipeline.generate.writer) and send the
+driver small completion records. The driver counts keys per shard (ShardProgress) and, when a
+shard's keys are all written, starts the task that joins its parts into the final shard. No image
+reaches the driver.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from cemiray.data import storage
 from cemiray.pipeline.generate.config import GenerateConfig
 from cemiray.pipeline.generate.inputs import Inputs
+from cemiray.pipeline.generate.null_sampler import is_null
+from cemiray.pipeline.generate.writer import RowContext
+
+CPU_STAGES = ("sample", "encode", "write", "compact")
 
 
-def build_dataset(cfg: GenerateConfig, inputs: Inputs, items: list[dict]):
-    """The Ray Data pipeline from chunk rows to encoded image rows (lazy)."""
+def build_dataset(cfg: GenerateConfig, inputs: Inputs, items: list[dict], context: RowContext):
+    """The Ray Data pipeline from chunk rows to completion records (lazy)."""
     import ray
 
-    from cemiray.pipeline.generate.sampler_actor import SamplerActor, encode_pngs
+    from cemiray.pipeline.generate.null_sampler import NullSampler
+    from cemiray.pipeline.generate.sampler_actor import SamplerActor
+    from cemiray.pipeline.generate.writer import encode_and_write
 
     pool = cfg.distributed
     ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -30,7 +41,7 @@ def build_dataset(cfg: GenerateConfig, inputs: Inputs, items: list[dict]):
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
             object_store_memory=pool.object_store_budget_mb * 2**20)
     ds = ds.map_batches(
-        SamplerActor,
+        NullSampler if is_null(cfg.generator) else SamplerActor,
         compute=ray.data.ActorPoolStrategy(
             min_size=pool.min_workers,
             max_size=pool.num_workers,
@@ -40,7 +51,7 @@ def build_dataset(cfg: GenerateConfig, inputs: Inputs, items: list[dict]):
         batch_size=1,
         batch_format="numpy",
         num_cpus=pool.cpus_per_worker,
-        num_gpus=1 if pool.use_gpu else 0,
+        num_gpus=pool.gpus_per_worker if pool.use_gpu else 0,
         fn_constructor_kwargs={
             "generator": cfg.generator, "recognizer": cfg.recognizer, "judge": cfg.judge,
             "hashes": inputs.hashes, "sampling": cfg.sampling, "use_gpu": pool.use_gpu,
@@ -48,111 +59,159 @@ def build_dataset(cfg: GenerateConfig, inputs: Inputs, items: list[dict]):
             "variation_estimator": cfg.variation_estimator,
         },
     )
-    return ds.map_batches(encode_pngs, batch_size=pool.encode_batch or cfg.images_per_call,
-                          batch_format="numpy", num_cpus=pool.cpus_per_encode_task)
+    return ds.map_batches(encode_and_write, batch_size=pool.encode_batch,
+                          batch_format="numpy", num_cpus=pool.cpus_per_encode_task,
+                          fn_kwargs={"context": context})
 
 
-def shard_rows(rows: list[dict], cfg: GenerateConfig, inputs: Inputs):
-    """The stored rows of one shard: generated values, identity fields and lineage."""
-    table, hashes, sampling = inputs.table, inputs.hashes, cfg.sampling
-    for r in rows:
-        label = int(r["label"])
-        out = {
-            "image": bytes(r["image"]),
-            "label": label,
-            "sample": int(r["sample"]),
-            "seed_id": int(table.seed_ids[label]),
-            "source": table.sources[label],
-            "target_m": float(r["target_m"]),
-            "similarity": float(r["similarity"]),
-        }
-        if cfg.judge:
-            out["judge_similarity"] = float(r["judge_similarity"])
-        out["seed"] = int(r["seed"])
-        out["tries"] = int(r["tries"])
-        if sampling.closed_loop:
-            out["within_tolerance"] = bool(r["within_tolerance"])
-        if cfg.variation:
-            out["variation"] = str(r["variation"])
-        if cfg.variation_estimator:
-            out["variation_measured"] = str(r["variation_measured"])
-        out.update(scheduler=sampling.scheduler, steps=sampling.steps)
-        if sampling.guidance_scale != 1.0:
-            out.update(guidance_scale=sampling.guidance_scale, guidance_m=sampling.guidance_m)
-        out.update(generator_sha256=hashes["generator"], recognizer_sha256=hashes["recognizer"])
-        if cfg.judge:
-            out["judge_sha256"] = hashes["judge"]
-        for name, values in table.attributes.items():
-            out[name] = values[label]
-        yield out
+def row_context(cfg: GenerateConfig, inputs: Inputs, pending: list) -> RowContext:
+    """The identity fields and lineage the encode tasks add to every row."""
+    from cemiray.data.parquet_shards import column_kind
+
+    table, sampling = inputs.table, cfg.sampling
+    facts: dict[str, Any] = ({"scheduler": "null", "steps": 0} if is_null(cfg.generator) else
+                             {"scheduler": sampling.scheduler, "steps": sampling.steps})
+    if sampling.guidance_scale != 1.0:
+        facts.update(guidance_scale=sampling.guidance_scale, guidance_m=sampling.guidance_m)
+    return RowContext(
+        out_url=cfg.out, shard_names={s.index: s.name for s in pending},
+        seed_ids=np.asarray(table.seed_ids), sources=list(table.sources),
+        attributes={k: list(v) for k, v in table.attributes.items()},
+        kinds={k: column_kind("seed table", k, list(v)) for k, v in table.attributes.items()},
+        hashes=inputs.hashes, sampling=facts, judge=cfg.judge is not None,
+        closed_loop=sampling.closed_loop is not None and not is_null(cfg.generator),
+        variation=cfg.variation is not None, variation_measured=bool(cfg.variation_estimator))
 
 
-def write_generated_shard(url: str, rows: list[dict], cfg: GenerateConfig, inputs: Inputs,
-                          spec: Any, plan_sha: str) -> bool:
-    """Write one complete shard; False when its file already exists (a concurrent writer)."""
-    from cemiray.data.parquet_shards import write_shard
+class Compactions:
+    """The shard-joining tasks in flight: started as shards complete, collected as they end."""
 
-    if storage.exists(url):
-        return False
-    write_shard(url, shard_rows(rows, cfg, inputs),
-                metadata={"shard": spec.name, "first": spec.first, "last": spec.last,
-                          "plan_sha256": plan_sha})
-    return True
+    def __init__(self, cfg: GenerateConfig, parquet_url: str, plan_sha: str) -> None:
+        import ray
+
+        from cemiray.pipeline.generate.writer import compact_shard
+
+        self.cfg, self.parquet_url, self.plan_sha = cfg, parquet_url, plan_sha
+        self.task = ray.remote(num_cpus=cfg.distributed.cpus_per_encode_task)(compact_shard)
+        self.running: dict[Any, str] = {}
+        self.results: list[dict] = []
+
+    def start(self, spec: Any) -> None:
+        from cemiray.pipeline.generate.writer import parts_folder
+
+        ref = self.task.remote(
+            parts_folder(self.cfg.out, spec.name), storage.join(self.parquet_url, spec.name),
+            spec.first, spec.last, self.cfg.samples_per_identity,
+            {"shard": spec.name, "first": spec.first, "last": spec.last,
+             "plan_sha256": self.plan_sha})
+        self.running[ref] = spec.name
+
+    def collect(self, wait: bool = False) -> None:
+        import ray
+
+        while self.running:
+            done, _ = ray.wait(list(self.running), num_returns=1, timeout=None if wait else 0)
+            if not done:
+                return
+            name = self.running.pop(done[0])
+            self.results.append({"shard": name, **ray.get(done[0])})
+
+
+def _resume_parts(cfg: GenerateConfig, pending: list, progress: Any) -> tuple[int, list]:
+    """Count the parts a killed run left for pending shards; returns their number and the
+    shards those parts already complete."""
+    from cemiray.pipeline.generate.writer import part_keys, parts_folder
+
+    reused, complete = 0, []
+    for spec in pending:
+        for keys in part_keys(parts_folder(cfg.out, spec.name)).values():
+            reused += 1
+            if progress.add(spec.index, keys[:, 0], keys[:, 1]) is not None:
+                complete.append(spec)
+    return reused, complete
 
 
 def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_url: str,
                     plan_sha: str) -> dict[str, Any]:
-    """Stream every pending shard through the pool and write each as soon as it is complete."""
+    """Stream every pending shard through the pool; shards are joined as soon as complete."""
+    import psutil
+
     from cemiray.pipeline.generate.shard_plan import (
-        ShardCollector,
         ShardPlanError,
+        ShardProgress,
         identities_per_chunk,
         work_items,
     )
-
-    per_chunk = identities_per_chunk(cfg.samples_per_identity, cfg.images_per_call)
-    items = [item for spec in pending for item in work_items(
-        spec, inputs.table, cfg.samples_per_identity, cfg.schedule, cfg.seed, per_chunk,
-        variation=inputs.variation, with_images=cfg.judge is not None)]
     from cemiray.runtime.progress import count_line, ticker
 
-    collector = ShardCollector(pending, cfg.samples_per_identity)
+    progress = ShardProgress(pending, cfg.samples_per_identity)
+    parts_reused, complete = _resume_parts(cfg, pending, progress)
+    images_reused = progress.counted
+    per_chunk = identities_per_chunk(cfg.samples_per_identity, cfg.images_per_call)
+    items = [item for spec in pending if spec.index not in progress.done
+             for item in work_items(spec, inputs.table, cfg.samples_per_identity, cfg.schedule,
+                                    cfg.seed, per_chunk, variation=inputs.variation,
+                                    with_images=cfg.judge is not None)
+             if not progress.covers(spec.index, item["labels"][item["image_identity"]],
+                                    item["samples"])]
+    images = sum(len(item["samples"]) for item in items)
+    compactions = Compactions(cfg, parquet_url, plan_sha)
+    for spec in complete:
+        compactions.start(spec)
     workers: Counter[int] = Counter()
-    written = 0
+    cpu = dict.fromkeys(CPU_STAGES, 0.0)
+    made, part_bytes = 0, 0
+    driver = psutil.Process()
+    driver_cpu = sum(driver.cpu_times()[:2])
     t0 = time.perf_counter()
     first = None
-    images = sum(s.num_identities for s in pending) * cfg.samples_per_identity
 
     def line(waited: float) -> str:
-        return count_line("generate", sum(workers.values()), images, "images", waited,
-                          f"{written}/{len(pending)} shards written")
+        return count_line("generate", made, images, "images", waited,
+                          f"{len(compactions.results)}/{len(pending)} shards written")
 
     with ticker(line, cfg.progress_every_s):
-        for batch in build_dataset(cfg, inputs, items).iter_batches(batch_size=None,
-                                                                    batch_format="numpy"):
-            first = first if first is not None else (time.perf_counter(), len(batch["label"]))
-            columns = list(batch)
-            for i in range(len(batch["label"])):
-                row = {key: batch[key][i] for key in columns}
-                workers[int(row["worker_pid"])] += 1
-                spec = collector.add(row)
-                if spec is not None:
-                    url = storage.join(parquet_url, spec.name)
-                    written += write_generated_shard(url, collector.pop(spec), cfg, inputs,
-                                                     spec, plan_sha)
+        if items:
+            context = row_context(cfg, inputs, pending)
+            for batch in build_dataset(cfg, inputs, items, context).iter_batches(
+                    batch_size=None, batch_format="numpy"):
+                first = first if first is not None else (time.perf_counter(),
+                                                         int(np.sum(batch["rows"])))
+                for i in range(len(batch["shard"])):
+                    made += int(batch["rows"][i])
+                    part_bytes += int(batch["bytes"][i])
+                    workers.update({int(k): v for k, v in json.loads(batch["workers"][i]).items()})
+                    for stage in ("sample", "encode", "write"):
+                        cpu[stage] += float(batch[f"{stage}_cpu_s"][i])
+                    spec = progress.add(int(batch["shard"][i]), batch["labels"][i],
+                                        batch["samples"][i])
+                    if spec is not None:
+                        compactions.start(spec)
+                compactions.collect()
+        missing = progress.missing()
+        if missing:
+            raise ShardPlanError(f"the pipeline ended with {len(missing)} shard(s) incomplete "
+                                 f"({dict(list(missing.items())[:5])} images missing); nothing of "
+                                 "them was written as a shard — rerun to complete them")
+        compactions.collect(wait=True)
     seconds = time.perf_counter() - t0
-    missing = collector.missing()
-    if missing:
-        raise ShardPlanError(f"the pipeline ended with {len(missing)} shard(s) incomplete "
-                             f"({dict(list(missing.items())[:5])} images missing); nothing of "
-                             "them was written — rerun to complete them")
+    cpu["compact"] = sum(r["compact_cpu_s"] for r in compactions.results)
+    first = first or (t0 + seconds, 0)
     steady_seconds = t0 + seconds - first[0]
-    return {"shards_written": written, "images_generated": images,
+    return {"shards_written": len(compactions.results), "images_generated": images,
             "generation_seconds": round(seconds, 3),
-            "images_per_s": round(images / seconds, 2) if seconds > 0 else None,
-            "first_images_after_seconds": round(first[0] - t0, 3),
+            "images_per_s": round(images / seconds, 2) if seconds > 0 and images else None,
+            "first_images_after_seconds": round(first[0] - t0, 3) if items else None,
             "steady_images_per_s": (round((images - first[1]) / steady_seconds, 2)
-                                    if steady_seconds > 0 else None),
-            "duplicates_dropped": collector.duplicates,
-            "peak_buffered_images": collector.peak_buffered,
+                                    if steady_seconds > 0 and items else None),
+            "duplicates_dropped": progress.duplicates,
+            "duplicate_rows_in_parts": sum(r["duplicates"] for r in compactions.results),
+            "peak_open_images": progress.peak_open_images,
+            "parts_reused": parts_reused,
+            "images_reused": images_reused,
+            "part_bytes": part_bytes,
+            "shard_bytes": sum(r["bytes"] for r in compactions.results),
+            "cpu_seconds": {**{k: round(v, 3) for k, v in cpu.items()},
+                            "driver": round(sum(driver.cpu_times()[:2]) - driver_cpu, 3)},
+            "shard_sha256": {r["shard"]: r["sha256"] for r in compactions.results},
             "sampler_workers": {str(pid): n for pid, n in sorted(workers.items())}}
