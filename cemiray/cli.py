@@ -64,6 +64,9 @@ JOBS: dict[str, Job] = {
                       "benchmark: UNet FLOP/s against the measured GEMM peak, per preset"),
     "bench-generate": Job("cemiray.bench.generate", "BenchGenerateConfig",
                           "benchmark: Ray Data generation against a bare sampler loop"),
+    "bench-pipeline": Job("cemiray.bench.pipeline", "BenchPipelineConfig",
+                          "benchmark: the generate pipeline's ceiling with the null generator "
+                          "(img/s per core, driver and object-store memory, CPU per stage)"),
     "bench-serve": Job("cemiray.bench.serve", "BenchServeConfig",
                        "benchmark: HTTP embedding throughput and latency against in-process"),
     "train-gen": Job("cemiray.train.gen", "TrainGenConfig",

@@ -194,7 +194,7 @@ def test_images_are_a_pure_function_of_the_plan(generated):
     inputs = prepare_inputs(cfg)
     shard = plan_shards(N, 4)[2]
     item = work_items(shard, inputs.table, K, cfg.schedule, cfg.seed,
-                      identities_per_chunk(K, cfg.images_per_call), with_images=True)[1]
+                      identities_per_chunk(K, cfg.chunk_images), with_images=True)[1]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the actors (Ray sets OMP_NUM_THREADS=1 for 0.5 CPU)
     try:

@@ -105,10 +105,11 @@ class MemoryMonitor:
     sizes of processes that map the same shared pages are summed, so the tree figure is an
     upper bound."""
 
-    def __init__(self, period_s: float) -> None:
+    def __init__(self, period_s: float, driver_pid: int | None = None) -> None:
         self.period_s = period_s
+        self.driver_pid = driver_pid  # the driver's process when it is not this one
         self.peak_store_bytes: int | None = None
-        self.peak_tree_rss = self.peak_process_rss = 0
+        self.peak_tree_rss = self.peak_process_rss = self.peak_driver_rss = 0
         self.store_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="memory-monitor", daemon=True)
@@ -159,6 +160,11 @@ class MemoryMonitor:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         self.peak_tree_rss = max(self.peak_tree_rss, sum(sizes))
+        driver = me if self.driver_pid is None else psutil.Process(self.driver_pid)
+        try:
+            self.peak_driver_rss = max(self.peak_driver_rss, driver.memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
         self.peak_process_rss = max(self.peak_process_rss, max(sizes))
 
     def as_dict(self) -> dict[str, Any]:
@@ -167,6 +173,7 @@ class MemoryMonitor:
                                          else round(self.peak_store_bytes / mb, 1)),
                 "object_store_poll_error": self.store_error,
                 "peak_rss_process_tree_mb": round(self.peak_tree_rss / mb, 1),
+                "peak_rss_driver_mb": round(self.peak_driver_rss / mb, 1),
                 "peak_rss_largest_process_mb": round(self.peak_process_rss / mb, 1)}
 
 
@@ -202,7 +209,7 @@ def pipeline_run(cfg: BenchGenerateConfig, paths: dict[str, str], workers: int, 
             "window_images": round(rate * window),
             "img_per_s_with_startup": summary["images_per_s"],
             "first_images_after_s": summary["first_images_after_seconds"],
-            "peak_buffered_images": summary["peak_buffered_images"],
+            "peak_open_images": summary["peak_open_images"],
             "workers_used": len(summary["sampler_workers"]), **monitor.as_dict()}
 
 
@@ -212,7 +219,7 @@ def micro_batches(gen_cfg: Any, table: Any) -> list[dict[str, Any]]:
     with its identities' embeddings, target similarities and noise seeds."""
     from cemiray.pipeline.generate.shard_plan import identities_per_chunk, plan_shards, work_items
 
-    per_chunk = identities_per_chunk(gen_cfg.samples_per_identity, gen_cfg.images_per_call)
+    per_chunk = identities_per_chunk(gen_cfg.samples_per_identity, gen_cfg.chunk_images)
     calls = []
     for spec in plan_shards(len(table), gen_cfg.identities_per_shard):
         for item in work_items(spec, table, gen_cfg.samples_per_identity, gen_cfg.schedule,
@@ -346,7 +353,7 @@ def run(cfg: BenchGenerateConfig) -> dict:
     figures["peak_object_store_mb"] = max(store) if store else None
     figures["peak_rss_process_tree_mb"] = max(r["peak_rss_process_tree_mb"] for r in every)
     figures["peak_rss_largest_process_mb"] = max(r["peak_rss_largest_process_mb"] for r in every)
-    figures["peak_buffered_images"] = max(r["peak_buffered_images"] for r in every)
+    figures["peak_open_images"] = max(r["peak_open_images"] for r in every)
     figures["driver_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                                          1)
     figures["load_average_1m"] = {"start": load, "end": os.getloadavg()[0]}

@@ -208,7 +208,7 @@ def table_shard_bytes(where: str, table: pa.Table, json_columns: list[str],
     table = table.replace_schema_metadata(_key_values(where, json_columns, metadata))
     buf = io.BytesIO()
     with _writer(buf, table.schema) as writer:
-        writer.write_table(table.combine_chunks(), row_group_size=row_group_size)
+        writer.write_table(table, row_group_size=row_group_size)
         writer.add_key_value_metadata({NUM_ROWS_KEY: str(table.num_rows)})
     return buf.getvalue()
 

@@ -81,6 +81,11 @@ class GenerateConfig(JobConfig):
                                    "guidance and closed loop of every image (the flat keys "
                                    "steps=, scheduler=, closed_loop.*= ... are read into it)")
     images_per_call: int = Field(64, ge=1, description="images per generator call")
+    images_per_chunk: int | None = Field(None, ge=1, description="images per chunk, the "
+                                         "sampler's unit of work and retry, in whole identities "
+                                         "(None: one generator call). A chunk that is a whole "
+                                         "shard is written as that shard by one task; smaller "
+                                         "chunks are written as parts, joined per shard")
     exports: list[Literal["recordio", "imagefolder"]] = Field(default_factory=list)
     preview_identities: int = Field(8, ge=1)
     preview_samples: int = Field(8, ge=1)
@@ -89,6 +94,10 @@ class GenerateConfig(JobConfig):
                                     "(images, shards written, ETA); 0: none")
     distributed: SamplerPoolConfig = Field(default_factory=SamplerPoolConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @property
+    def chunk_images(self) -> int:
+        return self.images_per_chunk or self.images_per_call
 
     @model_validator(mode="before")
     @classmethod

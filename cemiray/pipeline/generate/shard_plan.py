@@ -34,8 +34,8 @@ PLAN_FORMAT = "cemiray-generate-plan/1"
 # Config fields that change how a dataset is computed or what is made beside it, not its rows.
 # Inputs named by URL are not compared by URL but by content hash (the plan's `lineage`).
 EXECUTION_FIELDS = frozenset({
-    "out", "distributed", "ray", "images_per_call", "exports", "preview_identities",
-    "preview_samples", "leakage_audit", "seeds", "generator", "recognizer", "judge",
+    "out", "distributed", "ray", "images_per_call", "images_per_chunk", "exports",
+    "preview_identities",    "preview_samples", "leakage_audit", "seeds", "generator", "recognizer", "judge",
 })
 
 
@@ -75,9 +75,9 @@ def plan_shards(num_identities: int, identities_per_shard: int) -> list[ShardSpe
             for i, first in enumerate(range(0, num_identities, identities_per_shard))]
 
 
-def identities_per_chunk(samples_per_identity: int, images_per_call: int) -> int:
-    """Whole identities per chunk: as many as fit one sampler call, at least one."""
-    return max(1, images_per_call // samples_per_identity)
+def identities_per_chunk(samples_per_identity: int, chunk_images: int) -> int:
+    """Whole identities per chunk: as many as fit `chunk_images`, at least one."""
+    return max(1, chunk_images // samples_per_identity)
 
 
 def work_items(

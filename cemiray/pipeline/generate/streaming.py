@@ -64,7 +64,8 @@ def build_dataset(cfg: GenerateConfig, inputs: Inputs, items: list[dict], contex
                           fn_kwargs={"context": context})
 
 
-def row_context(cfg: GenerateConfig, inputs: Inputs, pending: list) -> RowContext:
+def row_context(cfg: GenerateConfig, inputs: Inputs, pending: list,
+                plan_sha: str = "") -> RowContext:
     """The identity fields and lineage the encode tasks add to every row."""
     from cemiray.data.parquet_shards import column_kind
 
@@ -74,7 +75,8 @@ def row_context(cfg: GenerateConfig, inputs: Inputs, pending: list) -> RowContex
     if sampling.guidance_scale != 1.0:
         facts.update(guidance_scale=sampling.guidance_scale, guidance_m=sampling.guidance_m)
     return RowContext(
-        out_url=cfg.out, shard_names={s.index: s.name for s in pending},
+        out_url=cfg.out, shards={s.index: s for s in pending},
+        samples_per_identity=cfg.samples_per_identity, plan_sha=plan_sha,
         seed_ids=np.asarray(table.seed_ids), sources=list(table.sources),
         attributes={k: list(v) for k, v in table.attributes.items()},
         kinds={k: column_kind("seed table", k, list(v)) for k, v in table.attributes.items()},
@@ -147,7 +149,7 @@ def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_
     progress = ShardProgress(pending, cfg.samples_per_identity)
     parts_reused, complete = _resume_parts(cfg, pending, progress)
     images_reused = progress.counted
-    per_chunk = identities_per_chunk(cfg.samples_per_identity, cfg.images_per_call)
+    per_chunk = identities_per_chunk(cfg.samples_per_identity, cfg.chunk_images)
     items = [item for spec in pending if spec.index not in progress.done
              for item in work_items(spec, inputs.table, cfg.samples_per_identity, cfg.schedule,
                                     cfg.seed, per_chunk, variation=inputs.variation,
@@ -165,6 +167,7 @@ def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_
     driver_cpu = sum(driver.cpu_times()[:2])
     t0 = time.perf_counter()
     first = None
+    marks: list[tuple[float, int]] = []  # (time, images) when 10% and 90% were first passed
 
     def line(waited: float) -> str:
         return count_line("generate", made, images, "images", waited,
@@ -172,20 +175,26 @@ def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_
 
     with ticker(line, cfg.progress_every_s):
         if items:
-            context = row_context(cfg, inputs, pending)
+            context = row_context(cfg, inputs, pending, plan_sha)
             for batch in build_dataset(cfg, inputs, items, context).iter_batches(
                     batch_size=None, batch_format="numpy"):
                 first = first if first is not None else (time.perf_counter(),
                                                          int(np.sum(batch["rows"])))
                 for i in range(len(batch["shard"])):
                     made += int(batch["rows"][i])
+                    if len(marks) < 2 and made >= (0.1, 0.9)[len(marks)] * images:
+                        marks.append((time.perf_counter(), made))
                     part_bytes += int(batch["bytes"][i])
                     workers.update({int(k): v for k, v in json.loads(batch["workers"][i]).items()})
                     for stage in ("sample", "encode", "write"):
                         cpu[stage] += float(batch[f"{stage}_cpu_s"][i])
                     spec = progress.add(int(batch["shard"][i]), batch["labels"][i],
                                         batch["samples"][i])
-                    if spec is not None:
+                    if spec is not None and batch["final"][i]:  # written whole by its task
+                        compactions.results.append({
+                            "shard": spec.name, "duplicates": 0, "compact_cpu_s": 0.0,
+                            "bytes": int(batch["bytes"][i]), "sha256": str(batch["sha256"][i])})
+                    elif spec is not None:
                         compactions.start(spec)
                 compactions.collect()
         missing = progress.missing()
@@ -204,6 +213,11 @@ def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_
             "first_images_after_seconds": round(first[0] - t0, 3) if items else None,
             "steady_images_per_s": (round((images - first[1]) / steady_seconds, 2)
                                     if steady_seconds > 0 and items else None),
+            # the rate between the records that passed 10% and 90% of the images: no start-up,
+            # no tail, and no batch of records that arrived together at the start
+            "images_per_s_10_90": (round((marks[1][1] - marks[0][1]) /
+                                         (marks[1][0] - marks[0][0]), 2)
+                                   if len(marks) == 2 and marks[1][0] > marks[0][0] else None),
             "duplicates_dropped": progress.duplicates,
             "duplicate_rows_in_parts": sum(r["duplicates"] for r in compactions.results),
             "peak_open_images": progress.peak_open_images,

@@ -52,7 +52,9 @@ class RowContext:
     lineage of the run (a few bytes per identity; shipped once to the encode tasks)."""
 
     out_url: str
-    shard_names: dict[int, str]
+    shards: dict[int, Any]  # pending ShardSpecs by index
+    samples_per_identity: int
+    plan_sha: str
     seed_ids: np.ndarray
     sources: list[str]
     attributes: dict[str, list]
@@ -105,7 +107,7 @@ def encode_and_write(batch: dict[str, np.ndarray], context: RowContext) -> dict[
     from cemiray.data.parquet_shards import shard_bytes
 
     records: dict[str, list] = {key: [] for key in (
-        "shard", "part", "rows", "labels", "samples", "workers", "bytes", "sha256",
+        "shard", "part", "final", "rows", "labels", "samples", "workers", "bytes", "sha256",
         "sample_cpu_s", "encode_cpu_s", "write_cpu_s")}
     shards = np.asarray(batch["shard"], dtype=np.int64)
     for shard in np.unique(shards).tolist():
@@ -115,13 +117,25 @@ def encode_and_write(batch: dict[str, np.ndarray], context: RowContext) -> dict[
         t1 = time.process_time()
         labels = np.asarray(batch["label"], dtype=np.int64)[index]
         samples = np.asarray(batch["sample"], dtype=np.int64)[index]
-        name = part_name(int(labels[0]), int(samples[0]), len(index))
-        url = storage.join(parts_folder(context.out_url, context.shard_names[shard]), name)
-        data = shard_bytes(url, context.rows(batch, images, index), kinds=context.kinds)
+        spec = context.shards[shard]
+        whole = _whole_shard(spec, context.samples_per_identity, labels, samples)
+        if whole is not None:  # the batch is the shard: written once, as the shard
+            index, images = index[whole], [images[i] for i in whole.tolist()]
+            labels, samples = labels[whole], samples[whole]
+            name = spec.name
+            url = storage.join(context.out_url, "parquet", name)
+            metadata = {"shard": spec.name, "first": spec.first, "last": spec.last,
+                        "plan_sha256": context.plan_sha}
+        else:
+            name = part_name(int(labels[0]), int(samples[0]), len(index))
+            url = storage.join(parts_folder(context.out_url, spec.name), name)
+            metadata = None
+        data = shard_bytes(url, context.rows(batch, images, index), metadata, context.kinds)
         storage.atomic_write_bytes(url, data)
         workers = Counter(np.asarray(batch["worker_pid"], dtype=np.int64)[index].tolist())
         records["shard"].append(shard)
         records["part"].append(name)
+        records["final"].append(whole is not None)
         records["rows"].append(len(index))
         records["labels"].append(labels)
         records["samples"].append(samples)
@@ -139,6 +153,17 @@ def encode_and_write(batch: dict[str, np.ndarray], context: RowContext) -> dict[
         out["samples"] = np.empty(1, dtype=object)
         out["samples"][0] = records["samples"][0]
     return out
+
+
+def _whole_shard(spec: Any, samples: int, labels: np.ndarray,
+                 keys_samples: np.ndarray) -> np.ndarray | None:
+    """The order that sorts a batch holding every image of `spec` once, or None (a part)."""
+    planned = spec.num_identities * samples
+    if len(labels) != planned:
+        return None
+    keys = (labels - spec.first) * samples + keys_samples
+    order = np.argsort(keys, kind="stable")
+    return order if np.array_equal(keys[order], np.arange(planned)) else None
 
 
 def part_keys(folder_url: str) -> dict[str, np.ndarray]:
@@ -184,15 +209,20 @@ def compact_shard(folder_url: str, shard_url: str, first: int, last: int,
         fs, path = storage.filesystem(storage.join(folder_url, name))
         with fs.open(path, "rb") as f:
             tables.append(pq.read_table(f).replace_schema_metadata(None))
-    table = pa.concat_tables(tables).combine_chunks()
+    table = pa.concat_tables(tables)
     key = pc.add(pc.multiply(pc.subtract(table.column("label"), first), samples_per_identity),
                  table.column("sample")).to_numpy()
     planned = (last - first) * samples_per_identity
-    unique, where = np.unique(key, return_index=True)
-    if len(unique) != planned or unique[0] != 0 or unique[-1] != planned - 1:
-        raise RuntimeError(f"{folder_url}: the parts hold {len(unique)} of the {planned} images "
-                           f"of {shard_url}; it is not written")
-    data = table_shard_bytes(shard_url, table.take(pa.array(where)),
+    if len(key) == planned and np.array_equal(key, np.arange(planned)):
+        ordered = table  # the usual case: parts in key order, no repeats; nothing to copy
+        unique = key
+    else:
+        unique, where = np.unique(key, return_index=True)
+        if len(unique) != planned or unique[0] != 0 or unique[-1] != planned - 1:
+            raise RuntimeError(f"{folder_url}: the parts hold {len(unique)} of the {planned} "
+                               f"images of {shard_url}; it is not written")
+        ordered = table.take(pa.array(where))
+    data = table_shard_bytes(shard_url, ordered,
                              read_json_columns(storage.join(folder_url, names[0])), metadata)
     storage.atomic_write_bytes(shard_url, data)
     storage.remove(folder_url, recursive=True)
