@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install quickstart test lint clean chromium
+.PHONY: install quickstart test lint clean chromium gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 quickstart: $(STAMP)
 	$(VENV)/bin/cemiray quickstart $(if $(FROM_SCRATCH),from_scratch=true) $(ARGS)
+
+# The GPU path measured in one JSON object (on a machine without a GPU: tiny sizes on the CPU).
+gpu-check: $(STAMP)
+	$(VENV)/bin/cemiray gpu-check $(ARGS)
 
 # The report test renders pages in headless Chromium (Debian's package; needs root or sudo).
 chromium:

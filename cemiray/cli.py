@@ -67,6 +67,13 @@ JOBS: dict[str, Job] = {
     "bench-pipeline": Job("cemiray.bench.pipeline", "BenchPipelineConfig",
                           "benchmark: the generate pipeline's ceiling with the null generator "
                           "(img/s per core, driver and object-store memory, CPU per stage)"),
+    "bench-pipeline-faults": Job("cemiray.bench.pipeline_faults", "BenchPipelineFaultsConfig",
+                                 "benchmark: generate at 50K null images under kill -9 of a "
+                                 "sampler actor, a writer and the driver, then rerun"),
+    "gpu-check": Job("cemiray.bench.gpu_check", "GpuCheckConfig",
+                     "the GPU path in one JSON: sampler img/s and utilisation (bf16/fp16, "
+                     "compile), generate with two actors on one device, train-fr bf16 steps, "
+                     "one served /v1/generate; tiny sizes on the CPU"),
     "bench-serve": Job("cemiray.bench.serve", "BenchServeConfig",
                        "benchmark: HTTP embedding throughput and latency against in-process"),
     "train-gen": Job("cemiray.train.gen", "TrainGenConfig",

@@ -160,8 +160,8 @@ class MemoryMonitor:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         self.peak_tree_rss = max(self.peak_tree_rss, sum(sizes))
-        driver = me if self.driver_pid is None else psutil.Process(self.driver_pid)
         try:
+            driver = me if self.driver_pid is None else psutil.Process(self.driver_pid)
             self.peak_driver_rss = max(self.peak_driver_rss, driver.memory_info().rss)
         except psutil.NoSuchProcess:
             pass

@@ -58,6 +58,8 @@ class BenchPipelineConfig(JobConfig):
                                                "budget: the queue of sampled images it may hold")
     bare_max_images: int | None = Field(None, ge=1, description="time the bare loop on at most "
                                         "this many images per size (None: all of them)")
+    ceiling_images: int = Field(10_000, ge=100, description="images per bare loop in the "
+                                "machine's parallel-ceiling measurement")
     keep_outputs: bool = Field(False, description="keep each size's dataset (disk: ~25 KB/img)")
     poll_seconds: float = Field(0.5, gt=0)
     results: str | None = Field(None, description="also write the JSON here")
@@ -158,6 +160,37 @@ def driver_process(gen_cfg: Any, poll_seconds: float) -> tuple[dict, Any]:
     return summary, monitor
 
 
+def _bare_process(args: tuple) -> dict[str, float]:
+    gen_json, out, max_images = args
+    from cemiray.pipeline.generate.job import GenerateConfig
+
+    return bare_loop(GenerateConfig.model_validate_json(gen_json), out, max_images)
+
+
+def parallel_ceiling(cfg: BenchPipelineConfig, cores: int) -> dict[str, Any]:
+    """How much of a core each of `cores` bare loops run at once gets, against one alone: the
+    per-core ratio no pipeline on this machine can pass (shared caches, memory bandwidth, the
+    hypervisor), measured on the same work."""
+    import multiprocessing
+
+    folder = storage.join(cfg.out, "ceiling")
+    images = cfg.ceiling_images
+    seeds = storage.join(folder, "seeds.parquet")
+    write_seeds(seeds, images, cfg.samples_per_identity)
+    gen_json = generate_config(cfg, seeds, storage.join(folder, "dataset")).model_dump_json()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(cores) as pool:
+        alone = pool.map(_bare_process, [(gen_json, storage.join(folder, "alone"), images)])[0]
+        together = pool.map(_bare_process, [(gen_json, storage.join(folder, f"p{i}"), images)
+                                            for i in range(cores)])
+    shutil.rmtree(folder, ignore_errors=True)
+    each = [t["img_per_s"] for t in together]
+    return {"processes": cores, "images_each": images,
+            "alone_img_per_s": round(alone["img_per_s"], 2),
+            "together_img_per_s_each": [round(r, 2) for r in each],
+            "ceiling_per_core": round(sum(each) / cores / alone["img_per_s"], 3)}
+
+
 def per_size(cfg: BenchPipelineConfig, size: int, cores: float) -> dict[str, Any]:
     folder = storage.join(cfg.out, f"n{size}")
     seeds = storage.join(folder, "seeds.parquet")
@@ -213,6 +246,7 @@ def run(cfg: BenchPipelineConfig) -> dict:
     init_ray(cfg.ray)
     cores = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     every = {str(size): per_size(cfg, size, cores) for size in sizes}
+    ceiling = parallel_ceiling(cfg, int(cores))
     small, large = every[str(sizes[0])], every[str(sizes[-1])]
     work = large["cpu_s_per_image"]
     cpu_per_image = sum(work[k] for k in ("encode", "write", "compact", "driver"))
@@ -220,6 +254,9 @@ def run(cfg: BenchPipelineConfig) -> dict:
         "image_size": cfg.image_size, "sizes": every,
         "ratio_per_core_min": min(f["ratio_per_core"] for f in every.values()),
         "goal_ratio_per_core": GOAL_PER_CORE,
+        "machine_parallel_ceiling": ceiling,
+        "ratio_of_ceiling_min": round(min(f["ratio_per_core"] for f in every.values()) /
+                                      ceiling["ceiling_per_core"], 3),
         "driver_rss_growth": round(large["peak_rss_driver_mb"] / small["peak_rss_driver_mb"], 3),
         "object_store_growth": (round(large["peak_object_store_mb"] /
                                       small["peak_object_store_mb"], 3)
