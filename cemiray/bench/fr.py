@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 
 from pydantic import Field
 
@@ -42,7 +43,10 @@ class BenchFRConfig(JobConfig):
     scaling_workers: int = Field(2, ge=1, description="also time this many Ray Train workers, "
                                  "the threads of the 1-worker run split between them (1: skip)")
     shuffle_buffer: int = Field(1024, ge=0, description="train-fr's Ray Data shuffle buffer")
-    prefetch_batches: int = Field(1, ge=0, description="train-fr's Ray Data prefetch")
+    prefetch_batches: int = Field(4, ge=0, description="train-fr's Ray Data prefetch")
+    profile_seconds: float = Field(0, ge=0, description="also sample the training thread of "
+                                   "the Ray Train worker and of the plain loop with py-spy for "
+                                   "this long, in the first repeat (0: no profile)")
     calibrate: bool = True
     orl: str = "orl:"
     distributed: DistributedConfig = Field(default_factory=_one_worker)
@@ -118,6 +122,23 @@ def ray_train_img_per_s(fr_cfg) -> float:
     return statistics.median(rates[1:] or rates)
 
 
+@contextmanager
+def _profiled(cfg: BenchFRConfig, rep: int, title: str, thread: str | None, into: dict,
+              key: str):
+    """py-spy on the loop started inside the block (first repeat, when asked)."""
+    if not cfg.profile_seconds or rep:
+        yield
+        return
+    from pathlib import Path
+
+    from cemiray.bench.fr_profile import Sampler
+
+    sampler = Sampler(title, cfg.profile_seconds, Path(cfg.out) / f"profile_{key}.txt", thread)
+    with sampler:
+        yield
+    into[key] = sampler.result()
+
+
 def efficiency(cfg: BenchFRConfig) -> dict:
     source = _toyfaces(cfg, 0, cfg.ratio_identities)
     rows = list(source.iter_rows())
@@ -127,11 +148,14 @@ def efficiency(cfg: BenchFRConfig) -> dict:
     scaled = cfg.distributed.model_copy(update={
         "num_workers": cfg.scaling_workers, "cpus_per_worker": 1.0 / cfg.scaling_workers,
         "torch_threads": max(1, threads // cfg.scaling_workers)})
+    profile: dict = {}
     for rep in range(cfg.ratio_repeats):
         fr_cfg = _fr_config(cfg, storage.join(cfg.out, f"ratio_ray_{rep}"), source.uri,
                             max_steps=cfg.ratio_steps, log_every=log_every, epochs=1)
-        ray_rates.append(ray_train_img_per_s(fr_cfg))
-        plain_rates.append(plain_in_worker(fr_cfg, rows, cfg.ratio_steps, log_every))
+        with _profiled(cfg, rep, "ray::RayTrainWorker", "TrainingThread", profile, "ray_train"):
+            ray_rates.append(ray_train_img_per_s(fr_cfg))
+        with _profiled(cfg, rep, "ray::plain_loop", None, profile, "plain"):
+            plain_rates.append(plain_in_worker(fr_cfg, rows, cfg.ratio_steps, log_every))
         line = (f"bench-fr: repeat {rep}: ray+deepspeed {ray_rates[-1]:.1f} img/s, "
                 f"plain {plain_rates[-1]:.1f} img/s")
         if cfg.scaling_workers > 1:
@@ -144,7 +168,11 @@ def efficiency(cfg: BenchFRConfig) -> dict:
 
     out = {"ray_train_img_per_s": ray_rates, "plain_img_per_s": plain_rates,
            "ray_over_plain": median_ratio(ray_rates, plain_rates),
+           "ray_over_plain_per_repeat": [round(a / b, 3) for a, b in zip(ray_rates, plain_rates,
+                                                                         strict=True)],
            "threads_per_run": threads}
+    if profile:
+        out["profile_shares"] = profile
     if scaled_rates:
         out.update({"scaling_workers": cfg.scaling_workers,
                     "scaled_img_per_s": scaled_rates,

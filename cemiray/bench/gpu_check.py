@@ -1,22 +1,23 @@
 """`cemiray gpu-check` (bench): the project's GPU path measured in one command, one JSON object.
 
-Four sections, each a real entry point of the project: `sampler` (the CemiFace sampler's img/s
-over a batch sweep in bf16 and fp16 autocast, channels_last, and torch.compile of the UNet at the
-fastest eager point; UNet FLOP/s over a GEMM peak measured in the same dtype, counted as
-cemiray.bench.unet_flops counts them), `generate` (the Ray Data job with two sampler actors
-sharing one device), `train_fr` (a short bf16 Ray Train + DeepSpeed run) and `serve` (one
-`POST /v1/generate` over HTTP on 127.0.0.1). On CUDA the sizes are the paper's (112², 20 DDIM
-steps); without a GPU the same functions run at tiny sizes on the CPU, so the test suite keeps
-every branch working except the few lines that need CUDA itself (marked "CUDA-only").
-Progress of the jobs goes to stderr; stdout gets the one JSON object (also written to `out`).
+Sections: `sampler` (img/s over a batch sweep in bf16 and fp16 autocast, channels_last, and
+torch.compile of the UNet at the fastest point; UNet FLOP/s as cemiray.bench.unet_flops counts
+them over a GEMM peak measured in the same dtype), `generate` (two sampler actors sharing one
+device), `train_fr` (short bf16 Ray Train + DeepSpeed) and `serve` (one `POST /v1/generate` over
+HTTP). CUDA gets the paper's sizes (112², 20 DDIM steps), the CPU the same functions at tiny
+sizes, so tests keep every line working but the few marked "CUDA-only". The JSON goes to stdout,
+the jobs' progress to stderr.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import platform
 import statistics
 import sys
 import time
+import traceback
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
@@ -43,22 +44,22 @@ class Sizes(BaseModel):
 
 
 class SamplerCheck(Sizes):
+    """The sampler sweep; null: the scale's value."""
+
     preset: Preset | None = None
     preset_overrides: dict[str, Any] | None = Field(None, description="preset fields replaced")
     batches: list[PositiveInt] | None = Field(None, min_length=1, description="images per call")
     steps: int | None = Field(None, ge=1, description="DDIM steps per call")
-    dtypes: list[Literal["bfloat16", "float16"]] | None = Field(None, min_length=1)
-    repeats: int | None = Field(None, ge=1, description="timed calls per point (median)")
-    compile: bool | None = Field(None, description="also time torch.compile of the UNet at the "
-                                 "fastest eager point (None: on CUDA only)")
-    compile_backend: str = Field("inductor", description="torch.compile backend ('eager': "
-                                 "traced, no code generated; checks the path quickly)")
+    dtypes: list[Literal["bfloat16", "float16"]] = Field(["bfloat16", "float16"], min_length=1)
+    repeats: int = Field(2, ge=1, description="timed calls per point (median)")
+    compile: bool | None = Field(None, description="time torch.compile (None: on CUDA only)")
+    compile_backend: str = Field("inductor", description="'eager': traced, no code generated")
     gemm_size: int | None = Field(None, ge=64, description="side of the peak-measuring matmuls")
     gemm_seconds: float | None = Field(None, gt=0, description="time of one GEMM measurement")
 
 
 class GenerateCheck(Sizes):
-    """The `generate` run and the random models it and `serve` use."""
+    """The `generate` run and the random models it and `serve` use; null: the scale's value."""
 
     preset: Preset | None = None
     preset_overrides: dict[str, Any] | None = Field(None, description="preset fields replaced")
@@ -71,7 +72,7 @@ class GenerateCheck(Sizes):
 
 
 class TrainCheck(Sizes):
-    """The bf16 `train-fr` run on ToyFaces, one worker."""
+    """The `train-fr` run on ToyFaces, one worker; null: the scale's value."""
 
     backbone: str | None = None
     width: int | None = Field(None, ge=4, description="first-stage channels")
@@ -82,20 +83,21 @@ class TrainCheck(Sizes):
     steps: int | None = Field(None, ge=2, description="optimizer steps")
     cpus_per_worker: float | None = Field(None, gt=0, description="it decodes and augments")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads (CPU runs)")
+    bf16: bool = Field(True, description="DeepSpeed bf16 (false: fp32)")
 
 
 class ServeCheck(Sizes):
+    """The served `POST /v1/generate`; null: the scale's value."""
+
     images: int | None = Field(None, ge=1, description="images in the request")
     steps: int | None = Field(None, ge=1)
-    num_gpus: float | None = Field(None, gt=0, le=1, description="GPU share of each model "
-                                   "replica (0.5: both share one GPU)")
+    num_gpus: float | None = Field(None, gt=0, le=1, description="GPU share per model replica")
 
 
 SCALES: dict[str, dict[str, Sizes]] = {
     "tiny": {
         "sampler": SamplerCheck(preset="tiny", preset_overrides={}, batches=[2, 4], steps=4,
-                                dtypes=["bfloat16", "float16"], repeats=2, gemm_size=256,
-                                gemm_seconds=0.2),
+                                gemm_size=512, gemm_seconds=0.2),
         "generate": GenerateCheck(preset="tiny", preset_overrides=CPU_GENERATOR, id_dim=32,
                                   recognizer_size=32, identities=16, samples_per_identity=4,
                                   images_per_call=4, steps=2),
@@ -105,8 +107,7 @@ SCALES: dict[str, dict[str, Sizes]] = {
         "serve": ServeCheck(images=2, steps=2, num_gpus=0.5)},
     "paper": {
         "sampler": SamplerCheck(preset="paper", preset_overrides={}, batches=[32, 64, 128, 256],
-                                steps=20, dtypes=["bfloat16", "float16"], repeats=2,
-                                gemm_size=8192, gemm_seconds=1.0),
+                                steps=20, gemm_size=8192, gemm_seconds=1.0),
         "generate": GenerateCheck(preset="paper", preset_overrides={}, id_dim=512,
                                   recognizer_size=112, identities=64, samples_per_identity=32,
                                   images_per_call=128, steps=20),
@@ -145,15 +146,13 @@ def resolve(cfg: GpuCheckConfig, device: torch.device) -> GpuCheckConfig:
 
 
 def device_facts(device: torch.device) -> dict[str, Any]:
-    import platform
-
     import torch
 
-    name = platform.processor() or platform.machine()
-    if device.type == "cuda":  # CUDA-only: the GPU's name
-        name = torch.cuda.get_device_name(device)
-    return {"type": device.type, "cuda": device.type == "cuda", "name": name,
-            "torch": torch.__version__, "cuda_runtime": torch.version.cuda}
+    cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else (  # CUDA-only: the GPU's name
+        platform.processor() or platform.machine())
+    return {"type": device.type, "cuda": cuda, "name": name, "torch": torch.__version__,
+            "cuda_runtime": torch.version.cuda}
 
 
 def build_sampler(preset: str, overrides: dict[str, Any], device: torch.device):
@@ -173,10 +172,9 @@ def build_sampler(preset: str, overrides: dict[str, Any], device: torch.device):
 
 def sampler_img_per_s(pipe, batch: int, steps: int, dtype: torch.dtype, device: torch.device,
                       repeats: int) -> tuple[float, float]:
-    """(median img/s of `repeats` timed calls, seconds of the one-step warm-up call before
-    them). The pipeline's own `autocast` flag is bf16 on CUDA only, so both dtypes run under
-    torch.autocast around the call with the flag off, the same on CUDA and on the CPU (the
-    condition encoder runs under it too; the UNet dominates)."""
+    """(median img/s of `repeats` timed calls, seconds of the one-step warm-up before them).
+    The pipeline's `autocast` flag means bf16 on CUDA only, so the flag is off and the call runs
+    under torch.autocast in either dtype, on CUDA and CPU alike (the encoder under it too)."""
     import torch
 
     from cemiray.bench.unet_flops import synchronize
@@ -219,12 +217,11 @@ def sampler_section(s: SamplerCheck, device: torch.device) -> dict[str, Any]:
                                 else "compile=false"}
     if s.compile:
         compiled = compiled_point(pipe, s, fastest, device, flops * s.steps, peaks)
-    best = max([fastest, compiled] if "img_per_s" in compiled else [fastest],
-               key=lambda p: p["img_per_s"])
+        fastest = max(fastest, compiled, key=lambda p: p["img_per_s"])
     return {"preset": s.preset, "image_size": pipe.unet.config.sample_size, "steps": s.steps,
             "channels_last": True, "flops_per_image_step": flops,
             "gemm_size": s.gemm_size, "gemm_flops_per_s": peaks, "eager": points,
-            "compiled": compiled, "fastest": best}
+            "compiled": compiled, "fastest": fastest}
 
 
 def point(dtype: str, batch: int, rate: float, flops_per_image: float, peak: float,
@@ -237,8 +234,7 @@ def point(dtype: str, batch: int, rate: float, flops_per_image: float, peak: flo
 
 def compiled_point(pipe, s: SamplerCheck, at: dict[str, Any], device: torch.device,
                    flops_per_image: float, peaks: dict[str, float]) -> dict[str, Any]:
-    """The fastest eager point again with the UNet's forward under torch.compile; the first
-    (one-step) call includes the compilation."""
+    """The point `at` again, the UNet's forward under torch.compile (compiled in the warm-up)."""
     import torch
 
     pipe.unet.forward = torch.compile(pipe.unet.forward, backend=s.compile_backend)
@@ -250,15 +246,6 @@ def compiled_point(pipe, s: SamplerCheck, at: dict[str, Any], device: torch.devi
     return point(at["dtype"], at["batch"], rate, flops_per_image, peaks[at["dtype"]],
                  compiled=True, backend=s.compile_backend, compile_seconds=first,
                  speedup_over_eager=rate / at["img_per_s"])
-
-
-def write_models(g: GenerateCheck, folder: str) -> dict[str, str]:
-    """A random generator, iresnet18 recogniser and seed table (cemiray.bench.generate's)."""
-    from cemiray.bench.generate import BenchGenerateConfig, write_inputs
-
-    return write_inputs(BenchGenerateConfig(
-        preset=g.preset, preset_overrides=g.preset_overrides, id_dim=g.id_dim,
-        recognizer_size=g.recognizer_size, identities=g.identities), folder)
 
 
 def generate_section(g: GenerateCheck, paths: dict[str, str], out: str, cuda: bool,
@@ -277,12 +264,11 @@ def generate_section(g: GenerateCheck, paths: dict[str, str], out: str, cuda: bo
     return {"preset": g.preset, "steps": g.steps, "images": summary["counts"]["images"],
             "images_per_s": summary["images_per_s"],
             "steady_images_per_s": summary["steady_images_per_s"],
-            "sampler_workers": len(workers), "images_per_worker": sorted(workers.values()),
-            "gpus_per_worker": 0.5 if cuda else 0, "seconds": summary["wall_seconds"]}
+            "sampler_workers": len(workers), "images_per_worker": sorted(workers.values())}
 
 
 def train_section(t: TrainCheck, out: str, cuda: bool, ray: RayConfig) -> dict[str, Any]:
-    """Steady img/s of a short bf16 train-fr: median of its logged windows after the first."""
+    """Steady img/s of a short train-fr: the median of its logged windows after the first."""
     from cemiray.data.sources import Source
     from cemiray.train.engine import read_metrics
     from cemiray.train.fr import TrainFRConfig
@@ -291,7 +277,7 @@ def train_section(t: TrainCheck, out: str, cuda: bool, ray: RayConfig) -> dict[s
     source = Source.toyfaces(range(t.identities), samples=t.samples_per_identity,
                              size=t.input_size)
     dist = {"num_workers": 1, "use_gpu": cuda, "cpus_per_worker": t.cpus_per_worker,
-            "torch_threads": t.torch_threads, "zero_stage": 1, "bf16": True,
+            "torch_threads": t.torch_threads, "zero_stage": 1, "bf16": t.bf16,
             "checkpoint_every": 10**6, "progress_every_s": 0}
     summary = train_fr(TrainFRConfig(
         out=out, data=source.uri, backbone=t.backbone, width=t.width, input_size=t.input_size,
@@ -301,7 +287,7 @@ def train_section(t: TrainCheck, out: str, cuda: bool, ray: RayConfig) -> dict[s
              if r["event"] == "train" and "img_per_s" in r]
     rate = statistics.median(rates[1:] or rates)
     return {"backbone": t.backbone, "width": t.width, "input_size": t.input_size,
-            "batch_size": t.batch_size, "bf16": True, "workers": 1, "steps": summary["step"],
+            "batch_size": t.batch_size, "bf16": t.bf16, "workers": 1, "steps": summary["step"],
             "img_per_s": rate, "steps_per_s": rate / t.batch_size, "windows": len(rates),
             "seconds": summary["seconds"]}
 
@@ -332,28 +318,37 @@ def serve_section(s: ServeCheck, paths: dict[str, str], id_dim: int, cuda: bool,
     identity = np.random.default_rng(0).standard_normal(id_dim)
     body = {"embedding": identity.tolist(), "m": [0.5], "images_per_m": s.images,
             "steps": s.steps, "seed": 0}
+    times: list[float] = []
     try:
         url = start_app(cfg) + "/v1/generate"
         with requests.Session() as session:
-            times, replies = [], []
-            for _ in range(2):
+            for _ in range(2):  # a first request (models warm up), then the timed one
                 start = time.perf_counter()
-                replies.append(session.post(url, json=body, timeout=600))
+                reply = session.post(url, json=body, timeout=600)
                 times.append(time.perf_counter() - start)
     finally:
         serve.shutdown()
-    reply = replies[-1]
     images = reply.json().get("images", []) if reply.status_code == 200 else []
     return {"status": reply.status_code, "latency_ms": times[-1] * 1e3,
-            "first_latency_ms": times[0] * 1e3, "images": len(images), "steps": s.steps,
-            "use_gpu": cuda, "num_gpus": s.num_gpus if cuda else 0}
+            "first_latency_ms": times[0] * 1e3, "images": len(images), "steps": s.steps}
+
+
+class GpuCheckFailed(RuntimeError):
+    """A section failed; raised once the JSON, with every section's figures or error, is out."""
+
+    def __init__(self, figures: dict[str, Any]) -> None:
+        self.figures = figures
+        errors = "; ".join(f"{n}: {figures[n]['error']}" for n in figures["failed"])
+        super().__init__(f"gpu-check: {errors} (tracebacks above, figures in the JSON)")
 
 
 def run(cfg: GpuCheckConfig) -> dict:
-    """Run the chosen sections in order and write and print one JSON object."""
+    """Run the chosen sections in order, write and print one JSON object; raise GpuCheckFailed
+    after it if a section failed (the others still run)."""
     import torch
 
     from cemiray.bench.common import write_result
+    from cemiray.bench.generate import BenchGenerateConfig, write_inputs
     from cemiray.bench.unet_flops import resolve_device
 
     started = time.perf_counter()
@@ -361,39 +356,44 @@ def run(cfg: GpuCheckConfig) -> dict:
     cfg = resolve(cfg.model_copy(update={"out": storage.absolute(cfg.out)}), device)
     storage.makedirs(cfg.out)
     cfg.save(cfg.out)
-    cuda = device.type == "cuda"
-    facts = {**device_facts(device), "scale": cfg.scale}
-    figures: dict[str, Any] = {"device": facts}
-    with contextlib.redirect_stdout(sys.stderr):  # stdout holds the one JSON object
-        if "sampler" in cfg.sections:
-            figures["sampler"] = timed(sampler_section, cfg.sampler, device)
+    cuda, out, ray = device.type == "cuda", cfg.out, cfg.ray
+    g = cfg.generate  # random generator, iresnet18 and seed table, for generate and serve
+    models = functools.cache(lambda: write_inputs(BenchGenerateConfig(
+        preset=g.preset, preset_overrides=g.preset_overrides, id_dim=g.id_dim,
+        recognizer_size=g.recognizer_size, identities=g.identities), fresh(out, "inputs")))
+    sections = {
+        "sampler": lambda: sampler_section(cfg.sampler, device),
+        "generate": lambda: generate_section(g, models(), fresh(out, "generate"), cuda, ray),
+        "train_fr": lambda: train_section(cfg.train_fr, fresh(out, "train_fr"), cuda, ray),
+        "serve": lambda: serve_section(cfg.serve, models(), g.id_dim, cuda, ray)}
+    figures: dict[str, Any] = {"device": {**device_facts(device), "scale": cfg.scale}}
+    stdout = sys.stdout  # the JSON's; everything else printed meanwhile goes to stderr (Ray's
+    with contextlib.redirect_stdout(sys.stderr):  # late messages may still follow the JSON)
+        for name in [n for n in SECTIONS if n in cfg.sections]:
+            figures[name] = timed(sections[name])
             torch.cuda.empty_cache()  # a no-op unless CUDA was used: the actors get the memory
-        paths = {}
-        if {"generate", "serve"} & set(cfg.sections):
-            paths = write_models(cfg.generate, fresh(cfg.out, "inputs"))
-        if "generate" in cfg.sections:
-            figures["generate"] = timed(generate_section, cfg.generate, paths,
-                                        fresh(cfg.out, "generate"), cuda, cfg.ray)
-        if "train_fr" in cfg.sections:
-            figures["train_fr"] = timed(train_section, cfg.train_fr,
-                                        fresh(cfg.out, "train_fr"), cuda, cfg.ray)
-        if "serve" in cfg.sections:
-            figures["serve"] = timed(serve_section, cfg.serve, paths, cfg.generate.id_dim, cuda,
-                                     cfg.ray)
-    figures["wall_seconds"] = round(time.perf_counter() - started, 1)
-    url = write_result(cfg.out, "gpu_check", cfg.model_dump(mode="json"), figures)
-    print(storage.read_text(url), end="", flush=True)
+        figures["failed"] = [n for n in SECTIONS if "error" in figures.get(n, {})]
+        figures["wall_seconds"] = round(time.perf_counter() - started, 1)
+        url = write_result(cfg.out, "gpu_check", cfg.model_dump(mode="json"), figures)
+        print(storage.read_text(url), end="", file=stdout, flush=True)
+    if figures["failed"]:
+        raise GpuCheckFailed(figures)
     return figures
 
 
-def timed(section, *args: Any) -> dict[str, Any]:
+def timed(section) -> dict[str, Any]:
+    """A section's figures and seconds, or its error (last line; the traceback to stderr)."""
     start = time.perf_counter()
-    return {**section(*args), "section_seconds": round(time.perf_counter() - start, 1)}
+    try:
+        figures = section()
+    except Exception as exc:  # noqa: BLE001 - recorded in the JSON, raised after it
+        traceback.print_exc()
+        figures = {"error": f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}"}
+    return {**figures, "section_seconds": round(time.perf_counter() - start, 1)}
 
 
 def fresh(out: str, name: str) -> str:
-    """`out/name`, emptied: a rerun must not resume the last run's job."""
     url = storage.join(out, name)
-    if storage.exists(url):
+    if storage.exists(url):  # a rerun must not resume the last run's job
         storage.remove(url, recursive=True)
     return url

@@ -55,9 +55,10 @@ class TrainFRConfig(JobConfig):
     read_parts: int = Field(4, ge=1)
     shuffle_buffer: int = Field(1024, ge=0, description="rows of Ray Data's local shuffle "
                                 "buffer per worker (0: blocks in order)")
-    prefetch_batches: int = Field(1, ge=0, description="batches Ray Data prepares ahead in a "
-                                  "background thread (0: none; on a small CPU that thread takes "
-                                  "cores from the training threads)")
+    prefetch_batches: int = Field(4, ge=0, description="batches Ray Data prepares ahead in a "
+                                  "background thread (0: none). With 1 the training thread "
+                                  "waited for its next batch in 7.5% of its samples on 2 cores "
+                                  "(docs/experiments/benchmarks.md)")
     resume_from: str | None = Field(None, description="a train-fr checkpoint folder to continue "
                                     "(OUT/checkpoint.json names the last one); only checkpoints "
                                     "whose pickles hold data are loaded")
