@@ -48,6 +48,7 @@ class BenchFRConfig(JobConfig):
                                    "the Ray Train worker and of the plain loop with py-spy for "
                                    "this long, in the first repeat (0: no profile)")
     calibrate: bool = True
+    results: str | None = Field(None, description="also write the JSON here")
     orl: str = "orl:"
     distributed: DistributedConfig = Field(default_factory=_one_worker)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -237,6 +238,8 @@ def run(cfg: BenchFRConfig) -> dict:
                                   "minutes": round((time.perf_counter() - t0) / 60, 1)}
         figures["orl"] = orl_report(cfg, result["backbone"])
     url = write_result(cfg.out, "bench_fr", cfg.model_dump(mode="json"), figures)
+    if cfg.results:
+        storage.atomic_write_text(cfg.results, storage.read_text(url))
     eff = figures["efficiency"]
     line = f"bench-fr: ray+deepspeed/plain = {eff['ray_over_plain']:.3f}"
     if "scaled_over_one_worker" in eff:
