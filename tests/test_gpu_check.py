@@ -12,15 +12,13 @@ import torch
 
 from cemiray.bench.gpu_check import GpuCheckConfig, GpuCheckFailed, resolve, run
 
-# DeepSpeed 0.19 casts parameters to bf16 but keeps buffers (BatchNorm running stats) in fp32,
-# and IResNet runs `fc` on float input: `train-fr distributed.bf16=true` fails at the first step.
-BF16_TRAIN_FR_BUG = "expected scalar type BFloat16 but found Float"
-
 
 def test_scale_follows_the_device_and_a_given_key_wins():
     on_cpu = resolve(GpuCheckConfig(sampler={"batches": [3]}), torch.device("cpu"))
     assert on_cpu.scale == "tiny" and on_cpu.sampler.batches == [3]
     assert on_cpu.sampler.steps == 4 and on_cpu.sampler.compile is False
+    assert on_cpu.sampler.repeats == 1  # the tiny scale's, over the section's own default
+    assert resolve(GpuCheckConfig(sampler={"repeats": 3}), torch.device("cpu")).sampler.repeats == 3
     on_cuda = resolve(GpuCheckConfig(), torch.device("cuda"))
     assert on_cuda.scale == "paper" and on_cuda.sampler.compile is True
     assert (on_cuda.sampler.preset, on_cuda.sampler.steps) == ("paper", 20)
@@ -79,8 +77,6 @@ def test_gpu_check_on_the_cpu_reports_every_section(ray_cluster, tmp_path, capsy
     assert not serve.status().applications  # the app gpu-check started is gone again
 
     train = figures["train_fr"]
-    if BF16_TRAIN_FR_BUG in train.get("error", ""):
-        pytest.xfail(f"train-fr in bf16 is broken: {train['error']}")
     assert not figures["failed"], figures
     assert train["bf16"] is True and train["steps"] == 6 and train["windows"] >= 2
     assert train["img_per_s"] > 0 and train["steps_per_s"] == pytest.approx(train["img_per_s"] / 8)

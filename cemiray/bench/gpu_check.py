@@ -97,7 +97,7 @@ class ServeCheck(Sizes):
 SCALES: dict[str, dict[str, Sizes]] = {
     "tiny": {
         "sampler": SamplerCheck(preset="tiny", preset_overrides={}, batches=[2, 4], steps=4,
-                                gemm_size=512, gemm_seconds=0.2),
+                                repeats=1, gemm_size=512, gemm_seconds=0.2),
         "generate": GenerateCheck(preset="tiny", preset_overrides=CPU_GENERATOR, id_dim=32,
                                   recognizer_size=32, identities=16, samples_per_identity=4,
                                   images_per_call=4, steps=2),
@@ -137,8 +137,8 @@ def resolve(cfg: GpuCheckConfig, device: torch.device) -> GpuCheckConfig:
     updates: dict[str, Any] = {"scale": scale}
     for name, defaults in SCALES[scale].items():
         section = getattr(cfg, name)
-        updates[name] = type(section)(**{**defaults.model_dump(exclude_none=True),
-                                         **section.model_dump(exclude_none=True)})
+        given = section.model_dump(exclude_unset=True, exclude_none=True)
+        updates[name] = type(section)(**{**defaults.model_dump(exclude_none=True), **given})
     if updates["sampler"].compile is None:
         updates["sampler"] = updates["sampler"].model_copy(
             update={"compile": device.type == "cuda"})

@@ -110,6 +110,9 @@ INPUTS: dict[str, tuple[Input, ...]] = {
                        Input("real", SOURCE), Input("real_floor", SOURCE),
                        Input("train_data", SOURCE)),
     "BenchGenerateConfig": (),
+    "BenchPipelineConfig": (),
+    "BenchPipelineFaultsConfig": (),
+    "GpuCheckConfig": (),
     "BenchVariationConfig": (Input("generator", PIPELINE), Input("recognizer", MODEL),
                              Input("judge", MODEL), Input("estimator", PATH)),
 }

@@ -27,7 +27,8 @@ from cemiray.train.checkpoint_check import CHECKPOINT_TAG, restricted_loads, ver
 from cemiray.train.settings import DistributedConfig
 
 
-def deepspeed_config(dist: DistributedConfig, micro_batch: int, grad_clip: float = 0.0) -> dict:
+def deepspeed_config(dist: DistributedConfig, micro_batch: int, grad_clip: float = 0.0,
+                     bf16: bool | None = None) -> dict:
     world = dist.num_workers
     cfg: dict = {
         "train_micro_batch_size_per_gpu": micro_batch,
@@ -35,7 +36,7 @@ def deepspeed_config(dist: DistributedConfig, micro_batch: int, grad_clip: float
         "train_batch_size": micro_batch * dist.grad_accum * world,
         "zero_optimization": {"stage": dist.zero_stage},
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": dist.bf16},
+        "bf16": {"enabled": dist.bf16 if bf16 is None else bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -55,8 +56,9 @@ def worker_device(dist: DistributedConfig) -> torch.device:
 
 
 def initialize(model, optimizer, dist: DistributedConfig, micro_batch: int, lr_scheduler=None,
-               grad_clip: float = 0.0):
-    """`deepspeed.initialize` inside the worker loop (it reuses Ray Train's process group)."""
+               grad_clip: float = 0.0, bf16: bool | None = None):
+    """`deepspeed.initialize` inside the worker loop (it reuses Ray Train's process group);
+    `bf16` overrides `dist.bf16` for DeepSpeed (a model that autocasts itself)."""
     if not dist.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
@@ -68,7 +70,7 @@ def initialize(model, optimizer, dist: DistributedConfig, micro_batch: int, lr_s
         model=model,
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
-        config=deepspeed_config(dist, micro_batch, grad_clip),
+        config=deepspeed_config(dist, micro_batch, grad_clip, bf16),
     )
     return engine, optimizer, lr_scheduler
 

@@ -94,7 +94,8 @@ def build_model(cfg: TrainFRConfig, num_classes: int):
                             embedding_dim=cfg.embedding_dim, width=cfg.width, head=cfg.head,
                             num_classes=num_classes, scale=cfg.scale, margin=cfg.margin,
                             partial_fc=cfg.partial_fc, sample_rate=cfg.sample_rate,
-                            seed=cfg.seed)
+                            seed=cfg.seed,
+                            dtype="bfloat16" if cfg.distributed.bf16 else "float32")
 
 
 def lr_lambda(cfg: TrainFRConfig, total_steps: int):
@@ -151,7 +152,7 @@ class VerificationProbe:
 def export_model(model, cfg: TrainFRConfig, num_classes: int, meta: dict) -> None:
     from cemiray.models.serialization import save_model_folder
 
-    backbone_config = dict(model.backbone.config)
+    backbone_config = {**model.backbone.config, "dtype": "float32"}  # fp32 weights, any use
     save_model_folder(model.backbone, storage.join(cfg.out, "backbone"), backbone_config)
     save_model_folder(model.head, storage.join(cfg.out, "head"), {**model.head.config, **meta})
 
@@ -180,7 +181,11 @@ def train_loop(config: dict) -> None:
     trained = model.backbone if centres else model
     optimizer = make_optimizer(cfg, trained.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
-    engine, _, _ = eng.initialize(trained, optimizer, cfg.distributed, cfg.batch_size, scheduler)
+    # bf16 is autocast inside the backbone over float32 weights (as arcface_torch runs fp16), not
+    # DeepSpeed's bf16: that casts the BatchNorm weights but not their running statistics, and
+    # the first step fails ("expected scalar type BFloat16 but found Float").
+    engine, _, _ = eng.initialize(trained, optimizer, cfg.distributed, cfg.batch_size, scheduler,
+                                  bf16=False)
     state = eng.restore(engine, cfg.resume_from, centres.load if centres else None) or {}
     step, images_seen = int(state.get("step", 0)), int(state.get("images_seen", 0))
     eng.record_worker(cfg.out, rank)
@@ -191,7 +196,6 @@ def train_loop(config: dict) -> None:
     probe = VerificationProbe(cfg.verification, cfg.input_size) if cfg.verification and rank == 0 else None
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7919 * step)
     shard = ray.train.get_dataset_shard("train")
-    dtype = torch.bfloat16 if cfg.distributed.bf16 else torch.float32
 
     t_window, n_window = time.perf_counter(), 0
     metrics: dict = {}
@@ -205,7 +209,7 @@ def train_loop(config: dict) -> None:
             x = augment(decode_batch(batch["image"], cfg.input_size, cfg.resize), cfg.augment,
                         gen)
             y = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
-            x = x.to(device, dtype)
+            x = x.to(device)
             loss = model.head(engine(x), y) if centres else engine(x, y)
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()  # before step() counts it

@@ -38,12 +38,14 @@ class FaceRecognitionModel(nn.Module):
 def build_face_model(*, backbone: str, input_size: int, embedding_dim: int, width: int,
                      head: str, num_classes: int, scale: float, margin: float,
                      partial_fc: bool = False, sample_rate: float = 1.0,
-                     seed: int = 0) -> FaceRecognitionModel:
+                     seed: int = 0, dtype: str = "float32") -> FaceRecognitionModel:
     """The train-fr model from torch's global RNG. With `partial_fc` the head is this process's
     Partial FC shard (the whole head outside torch.distributed); on one worker with sample_rate
     1 it starts from, and computes, exactly the plain head's values. On several workers each
-    shard draws its centres from its own generator (seed, rank)."""
-    net = get_backbone(backbone, input_size=input_size, num_features=embedding_dim, width=width)
+    shard draws its centres from its own generator (seed, rank). `dtype="bfloat16"` runs the
+    backbone's trunk under bf16 autocast over float32 weights."""
+    net = get_backbone(backbone, input_size=input_size, num_features=embedding_dim, width=width,
+                       dtype=dtype)
     if not partial_fc:
         return FaceRecognitionModel(net, get_margin_head(head, num_classes=num_classes,
                                                          embedding_dim=embedding_dim,
