@@ -107,7 +107,16 @@ def atomic_open(url: str, mode: str = "wb") -> Iterator:
         raise
 
 
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
 def atomic_write_bytes(url: str, data: bytes) -> None:
+    """Write `data` so that `url` is either absent or whole: on object stores one put (a PUT is
+    atomic there, and a rename would be a copy), elsewhere a temporary sibling renamed."""
+    if protocol_prefix(url).removesuffix("://") in OBJECT_STORES:
+        fs, path = filesystem(url)
+        fs.pipe_file(path, data)
+        return
     with atomic_open(url, "wb") as f:
         f.write(data)
 
