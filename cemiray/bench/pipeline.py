@@ -8,7 +8,8 @@ bookkeeping. For each image count (10K, 50K, 200K by default, 112 px):
   10% and 90% of the images; the rate with start-up is reported beside it), on every CPU of the
   local cluster, its driver a process of its own as under `ray job submit`;
 - bare img/s: the same work in one process, no Ray — plan → null images → PNG → stored rows →
-  one Parquet shard per shard — on one core;
+  one Parquet shard per shard — on one core, timed just before and just after each pipeline run
+  (10K images each by default) and averaged, so that machine drift cancels;
 - their ratio per CPU core used: (pipeline img/s ÷ cluster CPUs) ÷ bare img/s;
 - the driver's peak resident memory and the object store's peak bytes in use (polled), which
   must stay flat as the image count grows;
@@ -56,8 +57,11 @@ class BenchPipelineConfig(JobConfig):
     cpus_per_encode_task: float = Field(0.5, gt=0)
     object_store_budget_mb: int | None = Field(256, ge=1, description="Ray Data's object-store "
                                                "budget: the queue of sampled images it may hold")
-    bare_max_images: int | None = Field(None, ge=1, description="time the bare loop on at most "
-                                        "this many images per size (None: all of them)")
+    bare_max_images: int | None = Field(10_000, ge=1, description="images of each bare-loop "
+                                        "timing, one just before and one just after each "
+                                        "pipeline run (None: all of them); their mean is the "
+                                        "bare rate, so a machine that drifts during the run "
+                                        "biases both sides alike")
     ceiling_images: int = Field(10_000, ge=100, description="images per bare loop in the "
                                 "machine's parallel-ceiling measurement")
     keep_outputs: bool = Field(False, description="keep each size's dataset (disk: ~25 KB/img)")
@@ -197,8 +201,12 @@ def per_size(cfg: BenchPipelineConfig, size: int, cores: float) -> dict[str, Any
     identities = write_seeds(seeds, size, cfg.samples_per_identity)
     gen_cfg = generate_config(cfg, seeds, storage.join(folder, "dataset"))
     storage.remove(gen_cfg.out, recursive=True)
+    before = bare_loop(gen_cfg, storage.join(folder, "bare"), cfg.bare_max_images)
     summary, monitor = driver_process(gen_cfg, cfg.poll_seconds)
-    bare = bare_loop(gen_cfg, storage.join(folder, "bare"), cfg.bare_max_images)
+    after = bare_loop(gen_cfg, storage.join(folder, "bare"), cfg.bare_max_images)
+    bare = {"images": before["images"] + after["images"],
+            "img_per_s": (before["img_per_s"] + after["img_per_s"]) / 2,
+            "cpu_s_per_image": (before["cpu_s_per_image"] + after["cpu_s_per_image"]) / 2}
     images = summary["counts"]["images"]
     rate = summary["images_per_s_10_90"]
     cpu = {k: round(v / images, 6) for k, v in summary["cpu_seconds"].items()}
@@ -208,6 +216,8 @@ def per_size(cfg: BenchPipelineConfig, size: int, cores: float) -> dict[str, Any
         "pipeline_img_per_s_after_first": summary["steady_images_per_s"],
         "startup_seconds": summary["first_images_after_seconds"],
         "bare_img_per_s": round(bare["img_per_s"], 2), "bare_images": bare["images"],
+        "bare_img_per_s_before_after": [round(before["img_per_s"], 2),
+                                        round(after["img_per_s"], 2)],
         "cluster_cpus": cores,
         "ratio_per_core": round(rate / cores / bare["img_per_s"], 3),
         "cpu_s_per_image": {**cpu, "bare": round(bare["cpu_s_per_image"], 6)},
