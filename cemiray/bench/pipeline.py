@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from typing import Any
 
@@ -187,7 +186,7 @@ def parallel_ceiling(cfg: BenchPipelineConfig, cores: int) -> dict[str, Any]:
         alone = pool.map(_bare_process, [(gen_json, storage.join(folder, "alone"), images)])[0]
         together = pool.map(_bare_process, [(gen_json, storage.join(folder, f"p{i}"), images)
                                             for i in range(cores)])
-    shutil.rmtree(folder, ignore_errors=True)
+    storage.remove(folder, recursive=True)
     each = [t["img_per_s"] for t in together]
     return {"processes": cores, "images_each": images,
             "alone_img_per_s": round(alone["img_per_s"], 2),
@@ -231,8 +230,7 @@ def per_size(cfg: BenchPipelineConfig, size: int, cores: float) -> dict[str, Any
           f"{figures['peak_rss_driver_mb']} MB, object store peak "
           f"{figures['peak_object_store_mb']} MB", flush=True)
     if not cfg.keep_outputs:
-        shutil.rmtree(folder, ignore_errors=True) if "://" not in folder else storage.remove(
-            folder, recursive=True)
+        storage.remove(folder, recursive=True)
     return figures
 
 

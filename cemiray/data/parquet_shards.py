@@ -213,13 +213,6 @@ def table_shard_bytes(where: str, table: pa.Table, json_columns: list[str],
     return buf.getvalue()
 
 
-def read_json_columns(url: str) -> list[str]:
-    """Names of a shard's columns stored as JSON text (dicts and lists)."""
-    f, pf = _open_parquet(url)
-    with f:
-        return json.loads(_file_metadata(pf).get(JSON_COLUMNS_KEY, "[]"))
-
-
 def _key_values(url: str, json_columns: list[str],
                 metadata: dict[str, Any] | None) -> dict[str, str]:
     kv = {JSON_COLUMNS_KEY: json.dumps(json_columns)}

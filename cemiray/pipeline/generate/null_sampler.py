@@ -12,13 +12,12 @@ measured), `tries` is 1.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from cemiray.pipeline.generate.chunk_sampler import ChunkSampler
 
 NULL_PREFIX = "null:"
 _SIZE = re.compile(r"null:(\d+)$")
@@ -62,38 +61,14 @@ class NullImages:
         return out
 
 
-class NullSampler:
+class NullSampler(ChunkSampler):
     """Drop-in for SamplerActor (same rows, same micro-batches) with no model behind it."""
 
     def __init__(self, generator: str, images_per_call: int = 64, **_: Any) -> None:
+        super().__init__(images_per_call)
         self.images = NullImages(null_size(generator))
-        self.images_per_call = int(images_per_call)
-        self.pid = os.getpid()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(len(batch["shard"])):
-            yield from self.generate_chunk({key: values[i] for key, values in batch.items()})
-
-    def generate_chunk(self, item: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-        labels = np.asarray(item["labels"], dtype=np.int64)
-        position = np.asarray(item["image_identity"], dtype=np.int64)
-        samples = np.asarray(item["samples"], dtype=np.int64)
-        targets = np.asarray(item["targets"], dtype=np.float64)
-        seeds = np.asarray(item["seeds"], dtype=np.int64)
-        for start in range(0, len(position), self.images_per_call):
-            cpu = time.process_time()
-            part = slice(start, start + self.images_per_call)
-            pixels = self.images(seeds[part])
-            n = len(pixels)
-            yield {
-                "shard": np.full(n, int(item["shard"]), dtype=np.int64),
-                "label": labels[position[part]],
-                "sample": samples[part],
-                "pixels": pixels,
-                "target_m": targets[part],
-                "similarity": targets[part],
-                "seed": seeds[part],
-                "tries": np.ones(n, dtype=np.int64),
-                "worker_pid": np.full(n, self.pid, dtype=np.int64),
-                "sample_cpu_s": np.full(n, (time.process_time() - cpu) / max(n, 1)),
-            }
+    def sample(self, prepared: Any, part: slice, position: np.ndarray, targets: np.ndarray,
+               seeds: np.ndarray) -> dict[str, np.ndarray]:
+        return {"pixels": self.images(seeds), "similarity": targets, "seed": seeds,
+                "tries": np.ones(len(seeds), dtype=np.int64)}

@@ -14,15 +14,13 @@ off target) runs here, next to the images; PNG encoding and writing do not
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from cemiray.diffusion.sampling import SamplingSpec
 from cemiray.models.hashing import model_hash
+from cemiray.pipeline.generate.chunk_sampler import ChunkSampler
 
 
 class HashMismatchError(RuntimeError):
@@ -37,7 +35,7 @@ def check_hash(url: str, expected: str | None, what: str) -> None:
                                 f"(sha256 {actual[:12]}, expected {(expected or '')[:12]})")
 
 
-class SamplerActor:
+class SamplerActor(ChunkSampler):
     """Callable class for `Dataset.map_batches(compute=ActorPoolStrategy(...))`."""
 
     def __init__(
@@ -54,6 +52,7 @@ class SamplerActor:
         from cemiray.diffusion.pipeline import load_pipeline
         from cemiray.models.recognizer import load_recognizer
 
+        super().__init__(images_per_call)
         self.device = "cuda" if use_gpu else "cpu"
         check_hash(generator, hashes["generator"], "generator")
         pipe = load_pipeline(generator).to(self.device)
@@ -76,57 +75,38 @@ class SamplerActor:
             self.measured_names = [s.name for s in self.estimator.specs
                                    if spec is not None and s.name in spec.names]
         self.sampling = sampling
-        self.images_per_call = int(images_per_call)
-        self.pid = os.getpid()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(len(batch["shard"])):
-            yield from self.generate_chunk({key: values[i] for key, values in batch.items()})
+    def prepare(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The chunk's identity embeddings, variation and judge inquiries, decoded once."""
+        prepared: dict[str, Any] = {
+            "embeddings": np.asarray(np.stack(list(item["embeddings"])), dtype=np.float32),
+            "variation": None,
+            "inquiry": self._judge_inquiry(item) if self.judge is not None else None}
+        if item.get("variation") is not None:
+            prepared["variation"] = np.asarray(np.stack(list(item["variation"])),
+                                               dtype=np.float32)
+            prepared["requested"] = np.asarray(item["variation_request"], dtype=object)
+        return prepared
 
-    def generate_chunk(self, item: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-        """Images of one chunk, in fixed micro-batches (the same for every run and retry)."""
+    def sample(self, prepared: dict[str, Any], part: slice, position: np.ndarray,
+               targets: np.ndarray, seeds: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
-        labels = np.asarray(item["labels"], dtype=np.int64)
-        embeddings = np.asarray(np.stack(list(item["embeddings"])), dtype=np.float32)
-        position = np.asarray(item["image_identity"], dtype=np.int64)
-        samples = np.asarray(item["samples"], dtype=np.int64)
-        targets = np.asarray(item["targets"], dtype=np.float64)
-        seeds = np.asarray(item["seeds"], dtype=np.int64)
-        variation = item.get("variation")
+        variation = prepared["variation"]
+        out = self._sample(torch.from_numpy(prepared["embeddings"][position]), targets,
+                           seeds.tolist(), None if variation is None else variation[part].copy())
+        rows = {"pixels": out["images"], "similarity": out["similarity"], "seed": out["seeds"],
+                "tries": out["tries"]}
+        if "within_tolerance" in out:
+            rows["within_tolerance"] = out["within_tolerance"]
         if variation is not None:
-            variation = np.asarray(np.stack(list(variation)), dtype=np.float32)
-            requested = np.asarray(item["variation_request"], dtype=object)
-        inquiry = self._judge_inquiry(item) if self.judge is not None else None
-        for start in range(0, len(position), self.images_per_call):
-            cpu = time.process_time()
-            part = slice(start, start + self.images_per_call)
-            out = self._sample(torch.from_numpy(embeddings[position[part]]), targets[part],
-                               seeds[part].tolist(),
-                               None if variation is None else variation[part].copy())
-            n = len(out["images"])
-            rows = {
-                "shard": np.full(n, int(item["shard"]), dtype=np.int64),
-                "label": labels[position[part]],
-                "sample": samples[part],
-                "pixels": out["images"],
-                "target_m": targets[part],
-                "similarity": out["similarity"],
-                "seed": out["seeds"],
-                "tries": out["tries"],
-                "worker_pid": np.full(n, self.pid, dtype=np.int64),
-            }
-            if "within_tolerance" in out:
-                rows["within_tolerance"] = out["within_tolerance"]
-            if variation is not None:
-                rows["variation"] = requested[part]
-                if self.estimator is not None:
-                    rows["variation_measured"] = self._measure(out["images"])
-            if inquiry is not None:
-                rows["judge_similarity"] = self.judge.similarity(
-                    self.judge.embed(out["images"]), inquiry[position[part]])
-            rows["sample_cpu_s"] = np.full(n, (time.process_time() - cpu) / max(n, 1))
-            yield rows
+            rows["variation"] = prepared["requested"][part]
+            if self.estimator is not None:
+                rows["variation_measured"] = self._measure(out["images"])
+        if prepared["inquiry"] is not None:
+            rows["judge_similarity"] = self.judge.similarity(
+                self.judge.embed(out["images"]), prepared["inquiry"][position])
+        return rows
 
     def _sample(self, ids: Any, targets: np.ndarray, seeds: list[int],
                 variation: np.ndarray | None) -> dict[str, np.ndarray]:

@@ -108,6 +108,10 @@ class Compactions:
              "plan_sha256": self.plan_sha})
         self.running[ref] = spec.name
 
+    def written(self, name: str, record: dict[str, Any]) -> None:
+        """A shard its encode task wrote whole: nothing to join."""
+        self.results.append({"shard": name, "duplicates": 0, "compact_cpu_s": 0.0, **record})
+
     def collect(self, wait: bool = False) -> None:
         import ray
 
@@ -191,9 +195,8 @@ def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_
                     spec = progress.add(int(batch["shard"][i]), batch["labels"][i],
                                         batch["samples"][i])
                     if spec is not None and batch["final"][i]:  # written whole by its task
-                        compactions.results.append({
-                            "shard": spec.name, "duplicates": 0, "compact_cpu_s": 0.0,
-                            "bytes": int(batch["bytes"][i]), "sha256": str(batch["sha256"][i])})
+                        compactions.written(spec.name, {"bytes": int(batch["bytes"][i]),
+                                                        "sha256": str(batch["sha256"][i])})
                     elif spec is not None:
                         compactions.start(spec)
                 compactions.collect()

@@ -145,13 +145,11 @@ def encode_and_write(batch: dict[str, np.ndarray], context: RowContext) -> dict[
         records["sample_cpu_s"].append(float(np.sum(batch["sample_cpu_s"][index])))
         records["encode_cpu_s"].append(t1 - t0)
         records["write_cpu_s"].append(time.process_time() - t1)
-    out = {key: np.array(values, dtype=object) if key in ("labels", "samples") else
-           np.asarray(values) for key, values in records.items()}
-    if len(records["labels"]) == 1:  # np.array of one array would make a 2-D array
-        out["labels"] = np.empty(1, dtype=object)
-        out["labels"][0] = records["labels"][0]
-        out["samples"] = np.empty(1, dtype=object)
-        out["samples"][0] = records["samples"][0]
+    out = {key: np.asarray(values) for key, values in records.items()}
+    for key in ("labels", "samples"):  # one array per record (np.array would stack equal ones)
+        out[key] = np.empty(len(records[key]), dtype=object)
+        for i, keys in enumerate(records[key]):
+            out[key][i] = keys
     return out
 
 
@@ -192,7 +190,7 @@ def compact_shard(folder_url: str, shard_url: str, first: int, last: int,
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from cemiray.data.parquet_shards import read_json_columns, table_shard_bytes
+    from cemiray.data.parquet_shards import JSON_COLUMNS_KEY, table_shard_bytes
 
     t0 = time.process_time()
     if storage.exists(shard_url):  # a retried task whose first try wrote the shard
@@ -208,7 +206,10 @@ def compact_shard(folder_url: str, shard_url: str, first: int, last: int,
     for name in names:
         fs, path = storage.filesystem(storage.join(folder_url, name))
         with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f).replace_schema_metadata(None))
+            tables.append(pq.read_table(f))
+    json_columns = json.loads((tables[0].schema.metadata or {}).get(
+        JSON_COLUMNS_KEY.encode(), b"[]"))
+    tables = [t.replace_schema_metadata(None) for t in tables]
     table = pa.concat_tables(tables)
     key = pc.add(pc.multiply(pc.subtract(table.column("label"), first), samples_per_identity),
                  table.column("sample")).to_numpy()
@@ -222,8 +223,7 @@ def compact_shard(folder_url: str, shard_url: str, first: int, last: int,
             raise RuntimeError(f"{folder_url}: the parts hold {len(unique)} of the {planned} "
                                f"images of {shard_url}; it is not written")
         ordered = table.take(pa.array(where))
-    data = table_shard_bytes(shard_url, ordered,
-                             read_json_columns(storage.join(folder_url, names[0])), metadata)
+    data = table_shard_bytes(shard_url, ordered, json_columns, metadata)
     storage.atomic_write_bytes(shard_url, data)
     storage.remove(folder_url, recursive=True)
     return {"rows": planned, "parts": len(names), "duplicates": int(len(key) - len(unique)),
