@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,19 +175,40 @@ def test_seeds_from_a_gan_folder(ray_cluster, recognizer, tmp_path):
     assert saved["gan"] == gan and saved["truncation"] == 0.8
 
 
-def cemiray(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+# The command lines, each through `cemiray.cli.main`, in one fresh process (one start-up, not one
+# per command): its exit code and what it wrote to stderr, per command.
+COMMANDS = r'''
+import contextlib, io, json, sys
+from cemiray.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        results.append([main(argv), err.getvalue()])
+with open(sys.argv[2], "w") as f:
+    json.dump(results, f)
+'''
+
+
+def cemiray(*commands: list[str], cwd: Path) -> list[tuple[int, str]]:
     env = {k: v for k, v in os.environ.items() if k != "CEMIRAY_TRACEBACK"}
-    return subprocess.run([sys.executable, "-m", "cemiray.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
-
-
-def refused(proc: subprocess.CompletedProcess, job: str, out: Path) -> str:
-    """The one `cemiray JOB: ...` line of a command refused before its out folder exists."""
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"cemiray {job}: "), proc.stderr[-3000:]
-    assert not out.exists(), "the job got as far as creating its out folder"
+    results = cwd / "commands.json"
+    proc = subprocess.run([sys.executable, "-c", COMMANDS, json.dumps(commands), str(results)],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    return [tuple(r) for r in json.loads(results.read_text())]
+
+
+def refused(result: tuple[int, str], job: str, out: Path) -> str:
+    """The one `cemiray JOB: ...` line of a command refused before its out folder exists."""
+    code, stderr = result
+    assert code == 2, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"cemiray {job}: "), stderr[-3000:]
+    assert not out.exists(), "the job got as far as creating its out folder"
+    assert "Started a local Ray instance" not in stderr
     return lines[0]
 
 
@@ -195,24 +217,26 @@ def test_bad_gan_inputs_are_refused_before_any_work(recognizer, tmp_path):
     out = tmp_path / "out"
     seeds = ["seeds", f"recognizer={recognizer}", "inquiry=[]", "leakage_data=null",
              f"out={out}", "gan_samples=4"]
-    line = refused(cemiray(*seeds, f"gan={gan}", "truncation=1.5", cwd=tmp_path), "seeds", out)
-    assert "truncation" in line and "1" in line
-
-    weights = tmp_path / "gan" / "generator.safetensors"
-    tensors = load_file(weights)
+    broken = tmp_path / "broken_gan"
+    shutil.copytree(gan, broken)
+    weights = broken / "generator.safetensors"
     key = "synthesis.blocks.2.conv1.weight"
-    save_file({**tensors, key: torch.zeros(8, 4, 3, 3)}, weights)
-    line = refused(cemiray(*seeds, f"gan={gan}", cwd=tmp_path), "seeds", out)
-    assert f"{weights}: tensor '{key}' has shape (8, 4, 3, 3)" in line
-
-    line = refused(cemiray(*seeds, f"gan={recognizer}", cwd=tmp_path), "seeds", out)
-    assert f"{recognizer}: not a StyleGAN generator folder" in line
-
+    save_file({**load_file(weights), key: torch.zeros(8, 4, 3, 3)}, weights)
     # a checkpoint of another architecture is refused before Ray starts
     nets, opts = build_state(train_config(tmp_path).resolved_preset(), 0.002, 16)
     save_training_state(str(tmp_path / "ckpt"), nets, opts, {"step": 3, "images_seen": 48})
-    line = refused(cemiray("train-gan", f"resume_from={tmp_path / 'ckpt'}", f"out={out}",
-                           cwd=tmp_path), "train-gan", out)
+
+    truncation, shape, not_gan, architecture = cemiray(
+        [*seeds, f"gan={gan}", "truncation=1.5"], [*seeds, f"gan={broken}"],
+        [*seeds, f"gan={recognizer}"],
+        ["train-gan", f"resume_from={tmp_path / 'ckpt'}", f"out={out}"], cwd=tmp_path)
+    line = refused(truncation, "seeds", out)
+    assert "truncation" in line and "1" in line
+    line = refused(shape, "seeds", out)
+    assert f"{weights}: tensor '{key}' has shape (8, 4, 3, 3)" in line
+    line = refused(not_gan, "seeds", out)
+    assert f"{recognizer}: not a StyleGAN generator folder" in line
+    line = refused(architecture, "train-gan", out)
     assert f"resume_from {tmp_path / 'ckpt'}: it trained another architecture" in line
     with pytest.raises(ValueError, match="less than or equal to 1"):
         SeedsConfig(recognizer=recognizer, gan=gan, gan_samples=2, truncation=1.01)

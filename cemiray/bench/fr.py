@@ -22,7 +22,9 @@ from cemiray.train.settings import DistributedConfig
 
 
 def _one_worker() -> DistributedConfig:
-    return DistributedConfig(num_workers=1, cpus_per_worker=1, torch_threads=2, zero_stage=1,
+    """ZeRO stage 0: one rank partitions nothing, and stage 1 copies every gradient into its flat
+    buffer (5.8% of the worker's samples at width 16, docs/experiments/benchmarks.md)."""
+    return DistributedConfig(num_workers=1, cpus_per_worker=1, torch_threads=2, zero_stage=0,
                              checkpoint_every=10**6)
 
 
@@ -95,6 +97,8 @@ def plain_loop_img_per_s(fr_cfg, rows: list[dict], steps: int, log_every: int) -
         loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if fr_cfg.grad_clip > 0:  # DeepSpeed's clipping, as the Ray Train loop's engine does
+            torch.nn.utils.clip_grad_norm_(model.parameters(), fr_cfg.grad_clip)
         optimizer.step()
         seen += b
         if step % log_every == 0:

@@ -52,6 +52,9 @@ class TrainAttrConfig(JobConfig):
     lr_milestones: list[float] = Field(default_factory=lambda: [0.6, 0.85])
     lr_gamma: float = 0.1
     warmup_steps: int = 50
+    grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm at this (0: none); "
+                             "1.0 is DeepSpeed's own default, which the shipped predictors "
+                             "trained with")
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(flip=False))
     log_every: int = Field(10, ge=1)
     read_parts: int = Field(4, ge=1)
@@ -211,7 +214,8 @@ def train_loop(config: dict) -> None:
     model = build_net(cfg, specs).to(device)
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
-    engine, _, _ = eng.initialize(model, optimizer, cfg.distributed, cfg.batch_size, scheduler)
+    engine, _, _ = eng.initialize(model, optimizer, cfg.distributed, cfg.batch_size, scheduler,
+                                  grad_clip=cfg.grad_clip)
     state = eng.restore(engine, cfg.resume_from) or {}
     step = int(state.get("step", 0))
     eng.record_worker(cfg.out, rank)

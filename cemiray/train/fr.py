@@ -49,6 +49,9 @@ class TrainFRConfig(JobConfig):
                                        description="fractions of training where lr ×= lr_gamma")
     lr_gamma: float = 0.1
     warmup_steps: int = 0
+    grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm at this (0: none); "
+                             "1.0 is DeepSpeed's own default, which every shipped model trained "
+                             "with (arcface_torch clips at 5)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval_every: int = Field(200, ge=1)
     log_every: int = Field(10, ge=1)
@@ -185,7 +188,7 @@ def train_loop(config: dict) -> None:
     # DeepSpeed's bf16: that casts the BatchNorm weights but not their running statistics, and
     # the first step fails ("expected scalar type BFloat16 but found Float").
     engine, _, _ = eng.initialize(trained, optimizer, cfg.distributed, cfg.batch_size, scheduler,
-                                  bf16=False)
+                                  grad_clip=cfg.grad_clip, bf16=False)
     state = eng.restore(engine, cfg.resume_from, centres.load if centres else None) or {}
     step, images_seen = int(state.get("step", 0)), int(state.get("images_seen", 0))
     eng.record_worker(cfg.out, rank)

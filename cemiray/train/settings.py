@@ -16,7 +16,8 @@ class DistributedConfig(BaseModel):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0)
-    zero_stage: int = Field(2, ge=0, le=3)
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage; at one worker "
+                            "nothing is partitioned and 0 costs least (no gradient copies)")
     bf16: bool = False
     grad_accum: int = Field(1, ge=1)
     max_failures: int = Field(2, ge=-1, description="worker failures to recover from")
