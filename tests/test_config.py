@@ -60,7 +60,7 @@ def test_a_partly_given_section_keeps_the_jobs_own_section_defaults(tmp_path):
     from cemiray.bench.fr import BenchFRConfig
 
     cfg = load_config(BenchFRConfig, overrides=["distributed.torch_threads=1"])
-    assert cfg.distributed.num_workers == 1 and cfg.distributed.zero_stage == 1
+    assert cfg.distributed.num_workers == 1 and cfg.distributed.zero_stage == 0
     assert cfg.distributed.torch_threads == 1
     path = tmp_path / "exp.yaml"
     path.write_text("fr:\n  epochs: 3\n  distributed: {torch_threads: 1}\n"
