@@ -6,13 +6,13 @@ materialised; workers decode a batch into a normalised tensor."""
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.compute as pc
 import ray
 import torch
 
 from cemiray.data import pixels
-from cemiray.data.images import decode_image, fit_square, image_size
+from cemiray.data.images import decode_image, fit_square
 from cemiray.data.sources import Source
+from cemiray.runtime.block_facts import block_max_label, first_image_size
 from cemiray.runtime.reader import read_source
 
 
@@ -35,14 +35,10 @@ def decode_batch(images, size: int, mode: str = "stretch") -> torch.Tensor:
     return pixels.from_numpy(np.stack(arrays))
 
 
-def _first_image_size(block) -> tuple[int, int] | None:
-    return image_size(bytes(block.column("image")[0].as_py())) if block.num_rows else None
-
-
 def fit_note(job: str, ds, size: int, mode: str) -> str | None:
     """A line saying how the source's images are fitted to the model's input when they are not
     size×size already (read from the first image's header), else None."""
-    first = ray.remote(num_cpus=0)(_first_image_size)
+    first = ray.remote(num_cpus=0)(first_image_size)
     found = next((s for s in ray.get([first.remote(r) for r in ds.to_arrow_refs()[:1]]) if s),
                  None)
     if found is None or found == (size, size):
@@ -55,16 +51,11 @@ def fit_note(job: str, ds, size: int, mode: str) -> str | None:
            f"(resize={mode})"
 
 
-def _block_max_label(block) -> int:
-    value = pc.max(block.column("label")).as_py() if block.num_rows else None
-    return -1 if value is None else int(value)
-
-
 def num_classes(ds) -> int:
     """Number of identity labels (max label + 1) of a materialised face Ray Dataset: one small
     task per block reads only its label column where the block lives. (`Dataset.max` plans a
     hash aggregation with a shuffle: about 5 s even for a few hundred rows.)"""
-    block_max = ray.remote(num_cpus=0)(_block_max_label)
+    block_max = ray.remote(num_cpus=0)(block_max_label)
     highest = max(ray.get([block_max.remote(ref) for ref in ds.to_arrow_refs()]), default=-1)
     if highest < 0:
         raise ValueError("the face dataset has no labelled rows")
