@@ -79,6 +79,8 @@ def test_parts_join_into_a_shard_whatever_the_cut_and_the_repeats(tmp_path):
     batches = _batches(shard)
     records = [encode_and_write(b, context) for b in batches]
     assert sum(int(r["rows"].sum()) for r in records) == 3 * K
+    for r in records:  # each record's wall-clock interval, for the driver's steady rate
+        assert (r["finished_s"] >= r["started_s"]).all() and (r["started_s"] > 1e9).all()
     keys = part_keys(parts_folder(out, shard.name))
     assert len(keys) == len(batches) and sum(len(k) for k in keys.values()) == 3 * K
     # retried chunks whose images arrive cut differently: the first two batches as one

@@ -20,6 +20,7 @@ from cemiray.data import storage
 from cemiray.pipeline.generate.config import GenerateConfig
 from cemiray.pipeline.generate.inputs import Inputs
 from cemiray.pipeline.generate.null_sampler import is_null
+from cemiray.pipeline.generate.throughput import steady_rate
 from cemiray.pipeline.generate.writer import RowContext
 
 CPU_STAGES = ("sample", "encode", "write", "compact")
@@ -172,6 +173,7 @@ def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_
     t0 = time.perf_counter()
     first = None
     marks: list[tuple[float, int]] = []  # (time, images) when 10% and 90% were first passed
+    intervals: list[tuple[float, float, int]] = []  # (started, finished, images) per record
 
     def line(waited: float) -> str:
         return count_line("generate", made, images, "images", waited,
@@ -189,6 +191,8 @@ def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_
                     if len(marks) < 2 and made >= (0.1, 0.9)[len(marks)] * images:
                         marks.append((time.perf_counter(), made))
                     part_bytes += int(batch["bytes"][i])
+                    intervals.append((float(batch["started_s"][i]), float(batch["finished_s"][i]),
+                                      int(batch["rows"][i])))
                     workers.update({int(k): v for k, v in json.loads(batch["workers"][i]).items()})
                     for stage in ("sample", "encode", "write"):
                         cpu[stage] += float(batch[f"{stage}_cpu_s"][i])
@@ -221,6 +225,10 @@ def generate_shards(cfg: GenerateConfig, inputs: Inputs, pending: list, parquet_
             "images_per_s_10_90": (round((marks[1][1] - marks[0][1]) /
                                          (marks[1][0] - marks[0][0]), 2)
                                    if len(marks) == 2 and marks[1][0] > marks[0][0] else None),
+            # the same window with each record's images spread over its task's interval
+            # (throughput.py): exact however few records there are
+            "images_per_s_steady": (round(rate, 2) if (rate := steady_rate(intervals))
+                                    else None),
             "duplicates_dropped": progress.duplicates,
             "duplicate_rows_in_parts": sum(r["duplicates"] for r in compactions.results),
             "peak_open_images": progress.peak_open_images,

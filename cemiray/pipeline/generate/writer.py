@@ -108,10 +108,11 @@ def encode_and_write(batch: dict[str, np.ndarray], context: RowContext) -> dict[
 
     records: dict[str, list] = {key: [] for key in (
         "shard", "part", "final", "rows", "labels", "samples", "workers", "bytes", "sha256",
-        "sample_cpu_s", "encode_cpu_s", "write_cpu_s")}
+        "sample_cpu_s", "encode_cpu_s", "write_cpu_s", "started_s", "finished_s")}
     shards = np.asarray(batch["shard"], dtype=np.int64)
     for shard in np.unique(shards).tolist():
         index = np.flatnonzero(shards == shard)
+        started = time.time()  # wall clock: the driver spreads the images over the interval
         t0 = time.process_time()
         images = [encode_png(np.asarray(batch["pixels"][i])) for i in index.tolist()]
         t1 = time.process_time()
@@ -145,6 +146,8 @@ def encode_and_write(batch: dict[str, np.ndarray], context: RowContext) -> dict[
         records["sample_cpu_s"].append(float(np.sum(batch["sample_cpu_s"][index])))
         records["encode_cpu_s"].append(t1 - t0)
         records["write_cpu_s"].append(time.process_time() - t1)
+        records["started_s"].append(started)
+        records["finished_s"].append(time.time())
     out = {key: np.asarray(values) for key, values in records.items()}
     for key in ("labels", "samples"):  # one array per record (np.array would stack equal ones)
         out[key] = np.empty(len(records[key]), dtype=object)
