@@ -13,6 +13,7 @@ from cemiray.data.parquet_shards import iter_rows
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # 26 s; its parts (null sampler, writer, steady rate) have their own tests
 def test_bench_pipeline_measures_both_loops_and_keeps_its_outputs(ray_cluster, tmp_path):
     cfg = BenchPipelineConfig(out=str(tmp_path), image_size=16, sizes=[240, 120],
                               samples_per_identity=10, identities_per_shard=4, images_per_call=40,
