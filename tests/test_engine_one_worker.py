@@ -36,6 +36,7 @@ for accum, clip in ((1, 0.0), (2, 0.0), (1, 1.0)):
                for i in range(3 * accum)]
     torch.manual_seed(0)
     plain = build_model(cfg, num_classes=6)
+    initial = {k: v.detach().clone() for k, v in plain.state_dict().items()}
     torch.manual_seed(0)
     model = build_model(cfg, num_classes=6)
     engine, _, _ = eng.initialize(model, make_optimizer(cfg, model.parameters()),
@@ -55,8 +56,8 @@ for accum, clip in ((1, 0.0), (2, 0.0), (1, 1.0)):
         "allreduce": engine.enable_backward_allreduce, "clip": engine.gradient_clipping(),
         "close": all(torch.allclose(mine[k].float(), theirs[k].float(), rtol=1e-4, atol=1e-6)
                      for k in theirs),
-        "moved": any(not torch.equal(v, build_model(cfg, 6).state_dict()[k])
-                     for k, v in theirs.items() if v.is_floating_point()),
+        "moved": any(not torch.equal(v, initial[k])
+                     for k, v in mine.items() if v.is_floating_point()),
         "equal": all(torch.equal(mine[k], theirs[k]) for k in theirs),
     }
     if accum == 1 and not clip:

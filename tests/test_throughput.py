@@ -33,3 +33,18 @@ def test_nothing_to_measure_is_none():
     assert steady_rate([]) is None
     assert steady_rate([(5.0, 5.0, 10)]) is None  # one instant: no time between 10% and 90%
     assert steady_rate([(0.0, 1.0, 0)]) is None
+
+
+def test_the_sweep_follows_the_definition_at_every_breakpoint():
+    import random
+
+    from cemiray.pipeline.generate.throughput import _curve
+
+    rng = random.Random(0)
+    intervals = [(s, s + rng.choice([0.0, rng.random() * 3]), rng.randint(1, 50))
+                 for s in (rng.random() * 10 for _ in range(200))]
+    for t, n, _ in _curve(intervals):
+        assert n == pytest.approx(finished_by(intervals, t))
+    total = sum(n for _, _, n in intervals)
+    for q in (0.1, 0.5, 0.9):
+        assert finished_by(intervals, passing_time(intervals, q * total)) >= q * total - 1e-6

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from cemiray.data import storage
 from cemiray.runtime.config import JobConfig, RayConfig
-from cemiray.train.settings import AugmentConfig, DistributedConfig
+from cemiray.train.settings import AugmentConfig, DistributedConfig, grad_clip_field
 
 DEFAULT_DATA = "toyfaces:?seed=0&ids=30000-30999&samples=10&size=32"
 DEFAULT_HOLDOUT = "toyfaces:?seed=0&ids=31000-31199&samples=5&size=32"
@@ -52,9 +52,7 @@ class TrainAttrConfig(JobConfig):
     lr_milestones: list[float] = Field(default_factory=lambda: [0.6, 0.85])
     lr_gamma: float = 0.1
     warmup_steps: int = 50
-    grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm at this (0: none); "
-                             "1.0 is DeepSpeed's own default, which the shipped predictors "
-                             "trained with")
+    grad_clip: float = grad_clip_field()
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(flip=False))
     log_every: int = Field(10, ge=1)
     read_parts: int = Field(4, ge=1)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from cemiray.data import storage
 from cemiray.runtime.config import JobConfig, RayConfig
-from cemiray.train.settings import AugmentConfig, DistributedConfig
+from cemiray.train.settings import AugmentConfig, DistributedConfig, grad_clip_field
 
 
 class TrainFRConfig(JobConfig):
@@ -49,9 +49,7 @@ class TrainFRConfig(JobConfig):
                                        description="fractions of training where lr ×= lr_gamma")
     lr_gamma: float = 0.1
     warmup_steps: int = 0
-    grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm at this (0: none); "
-                             "1.0 is DeepSpeed's own default, which every shipped model trained "
-                             "with (arcface_torch clips at 5)")
+    grad_clip: float = grad_clip_field()
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval_every: int = Field(200, ge=1)
     log_every: int = Field(10, ge=1)

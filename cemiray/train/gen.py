@@ -33,7 +33,7 @@ from pydantic import Field, field_validator, model_validator
 from cemiray.data import storage
 from cemiray.runtime.config import JobConfig, RayConfig
 from cemiray.train.ema import EmaWeights, start_ema_training
-from cemiray.train.settings import DistributedConfig
+from cemiray.train.settings import DistributedConfig, grad_clip_field
 
 
 class TrainGenConfig(JobConfig):
@@ -61,7 +61,7 @@ class TrainGenConfig(JobConfig):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, ge=0)
+    grad_clip: float = grad_clip_field()
     batch_size: int = Field(32, ge=1, description="micro-batch per worker")
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop at this optimizer step "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -43,3 +45,9 @@ class AugmentConfig(BaseModel):
     crop_min_scale: float = Field(0.9, gt=0, le=1)
     color_jitter: float = Field(0.2, ge=0, le=1)
     erase_prob: float = Field(0.25, ge=0, le=1)
+
+
+def grad_clip_field() -> Any:
+    """Every trainer's `grad_clip`: the engine always writes it into DeepSpeed's config."""
+    return Field(1.0, ge=0, description="clip the gradient norm at this (0: none); 1.0 is "
+                 "DeepSpeed's own default, which every shipped model trained with")

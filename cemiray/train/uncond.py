@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from cemiray.data import storage
 from cemiray.runtime.config import JobConfig, RayConfig
-from cemiray.train.settings import DistributedConfig
+from cemiray.train.settings import DistributedConfig, grad_clip_field
 
 
 class TrainUncondConfig(JobConfig):
@@ -31,7 +31,7 @@ class TrainUncondConfig(JobConfig):
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, ge=0)
+    grad_clip: float = grad_clip_field()
     batch_size: int = Field(32, ge=1, description="micro-batch per worker")
     flip: bool = Field(True, description="random horizontal flips")
     epochs: int = Field(10, ge=1)

@@ -12,8 +12,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def _curve(intervals: Sequence[tuple[float, float, int]]) -> list[tuple[float, float, float]]:
+    """The curve as (time, images finished by then, slope after it) at each breakpoint, from one
+    sweep over the sorted starts and ends: O(R log R) for R records."""
+    jumps: dict[float, float] = {}   # images landing at an instant (zero-length intervals)
+    slopes: dict[float, float] = {}  # change of slope at a breakpoint
+    for start, end, images in intervals:
+        if end > start:
+            rate = images / (end - start)
+            slopes[start] = slopes.get(start, 0.0) + rate
+            slopes[end] = slopes.get(end, 0.0) - rate
+        else:
+            jumps[end] = jumps.get(end, 0.0) + images
+    points, finished, slope, last = [], 0.0, 0.0, None
+    for t in sorted(set(jumps) | set(slopes)):
+        if last is not None:
+            finished += slope * (t - last)
+        finished += jumps.get(t, 0.0)
+        slope += slopes.get(t, 0.0)
+        points.append((t, finished, slope))
+        last = t
+    return points
+
+
 def finished_by(intervals: Sequence[tuple[float, float, int]], t: float) -> float:
-    """Images finished by time `t`, each record's spread evenly over its (start, end)."""
+    """Images finished by time `t`, each record's spread evenly over its (start, end): the
+    curve's definition, one pass over the records (`_curve` sweeps all breakpoints at once)."""
     total = 0.0
     for start, end, images in intervals:
         if t >= end:
@@ -25,16 +49,15 @@ def finished_by(intervals: Sequence[tuple[float, float, int]], t: float) -> floa
 
 def passing_time(intervals: Sequence[tuple[float, float, int]], count: float) -> float:
     """The first moment the curve reaches `count` images (linear between the breakpoints)."""
-    times = sorted({t for start, end, _ in intervals for t in (start, end)})
-    before_t, before_n = times[0], 0.0
-    for t in times:
-        n = finished_by(intervals, t)
+    points = _curve(intervals)
+    before_t, before_n, before_slope = points[0][0], 0.0, 0.0
+    for t, n, slope in points:
         if n >= count:
-            if n == before_n:
-                return t
-            return before_t + (t - before_t) * (count - before_n) / (n - before_n)
-        before_t, before_n = t, n
-    return times[-1]
+            if before_slope > 0 and before_n + before_slope * (t - before_t) >= count:
+                return before_t + (count - before_n) / before_slope  # on the way up to t
+            return t  # reached by images landing at t
+        before_t, before_n, before_slope = t, n, slope
+    return points[-1][0]
 
 
 def steady_rate(intervals: Sequence[tuple[float, float, int]], low: float = 0.1,
