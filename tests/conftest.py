@@ -13,6 +13,9 @@ ORL_ROOT = (ROOT / ".." / "shared" / "data" / "orl_faces").resolve()
 
 os.environ.setdefault("CEMIRAY_PROGRESS", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray Train's controller polls its workers every 2 s: a finished tiny training then waits up to
+# 2 s to be noticed, on every one of the suite's trainings. Read by the controller's process.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
 
 
