@@ -244,6 +244,10 @@ def test_inputs_that_are_not_local_paths_pass_and_formats_are_checked(tmp_path, 
                                     recognizer=str(folder), judge="j"))
     assert str(caught.value).startswith(f"seeds=s.parquet: {tmp_path / 's.parquet'} does not exist")
     assert "(also unusable: generator, judge)" in str(caught.value)
+    (tmp_path / "s.parquet").write_bytes(b"")  # the null generator has no files to check
+    check_inputs(GenerateConfig(seeds="s.parquet", generator="null:112", recognizer=str(folder)))
+    with pytest.raises(InputError, match=r"^generator=null112: .*null112 does not exist"):
+        check_inputs(GenerateConfig(seeds="s.parquet", generator="null112"))
     with pytest.raises(InputError, match=r"verification\[1\]=bin:b.bin: .*b.bin does not exist"):
         (tmp_path / "a.bin").write_bytes(b"")
         check_inputs(EvaluateConfig(model=str(folder), verification=["a.bin", "bin:b.bin"]))

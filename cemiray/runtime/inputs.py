@@ -32,9 +32,10 @@ from typing import Any
 
 from cemiray.runtime.config import ConfigError
 
-SOURCE, MODEL, PIPELINE, UNCOND, BIN, PATH, FILE, CHECKPOINT = (
-    "source", "model", "pipeline", "uncond", "bin", "path", "file", "checkpoint")
+SOURCE, MODEL, PIPELINE, GENERATOR, UNCOND, BIN, PATH, FILE, CHECKPOINT = (
+    "source", "model", "pipeline", "generator", "uncond", "bin", "path", "file", "checkpoint")
 KIND_WORDS = {SOURCE: "face source URI", MODEL: "recogniser", PIPELINE: "CemiFace pipeline folder",
+              GENERATOR: "CemiFace pipeline folder or null:<size>",
               UNCOND: "unconditional generator folder", BIN: "verification .bin",
               PATH: "file or folder", FILE: "file", CHECKPOINT: "training checkpoint folder"}
 SOURCE_SUFFIXES = {".parquet": "parquet", ".rec": "recordio", ".idx": "recordio", ".bin": "bin"}
@@ -86,7 +87,7 @@ INPUTS: dict[str, tuple[Input, ...]] = {
     "ServeConfig": (Input("recognizer", MODEL), Input("generator", PIPELINE),
                     Input("variation_estimator", PATH)),
     "BenchServeConfig": (Input("recognizer", MODEL), Input("generator", PIPELINE)),
-    "GenerateConfig": (Input("seeds", PATH), Input("generator", PIPELINE),
+    "GenerateConfig": (Input("seeds", PATH), Input("generator", GENERATOR),
                        Input("recognizer", MODEL), Input("judge", MODEL),
                        Input("leakage_audit", FILE), Input("variation_estimator", PATH)),
     "SeedsConfig": (Input("recognizer", MODEL), Input("judge", MODEL), Input("inquiry", SOURCE),
@@ -239,6 +240,12 @@ def _pipeline(url: str, *_: object) -> str:
                           "`cemiray train-gen` writes one at OUT/generator")
 
 
+def _generator(url: str, *_: object) -> str:
+    """`generate`'s generator: a pipeline folder, or the null generator `null:<size>` (no files;
+    the job checks its size)."""
+    return "" if url.startswith("null:") else _pipeline(url)
+
+
 def _uncond(url: str, *_: object) -> str:
     return _marked_folder(url, "unconditional.json", "an unconditional generator folder",
                           "`cemiray train-uncond` writes one")
@@ -302,6 +309,7 @@ def _checkpoint(url: str, key: str, verify: Callable[[str, str], object] | None)
 PATH_PROBLEMS = ("does not exist", "is ", "cannot be read")
 NEAREST = " (the nearest folder that exists: "
 CHECKS: dict[str, Callable[[str, str, Any], str]] = {
-    SOURCE: _source, MODEL: _model, PIPELINE: _pipeline, UNCOND: _uncond, BIN: _bin,
+    SOURCE: _source, MODEL: _model, PIPELINE: _pipeline, GENERATOR: _generator, UNCOND: _uncond,
+    BIN: _bin,
     PATH: _path, FILE: lambda url, *_: _path(url, want="file"), CHECKPOINT: _checkpoint,
 }
