@@ -49,7 +49,11 @@ def finished_by(intervals: Sequence[tuple[float, float, int]], t: float) -> floa
 
 def passing_time(intervals: Sequence[tuple[float, float, int]], count: float) -> float:
     """The first moment the curve reaches `count` images (linear between the breakpoints)."""
-    points = _curve(intervals)
+    return _passing(_curve(intervals), count)
+
+
+def _passing(points: list[tuple[float, float, float]], count: float) -> float:
+    """`passing_time` on a curve already swept (`_curve`)."""
     before_t, before_n, before_slope = points[0][0], 0.0, 0.0
     for t, n, slope in points:
         if n >= count:
@@ -68,5 +72,6 @@ def steady_rate(intervals: Sequence[tuple[float, float, int]], low: float = 0.1,
     total = sum(n for _, _, n in intervals)
     if not total:
         return None
-    t_low, t_high = (passing_time(intervals, q * total) for q in (low, high))
+    points = _curve(intervals)  # one sweep serves both moments
+    t_low, t_high = (_passing(points, q * total) for q in (low, high))
     return (high - low) * total / (t_high - t_low) if t_high > t_low else None
