@@ -32,6 +32,9 @@ def ray_cluster():
             log_to_driver=False,
         )
     yield ray
+    from serve_helpers import release_shared
+
+    release_shared()  # the serve tests' shared application, if one is up
     ray.shutdown()
 
 

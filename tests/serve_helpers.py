@@ -1,5 +1,7 @@
 """Shared by the serve tests: tiny real models written to disk, and the application served on a
-free loopback port of the session's Ray cluster (shut down again when the module is done)."""
+free loopback port of the session's Ray cluster: per module (`serving`), or one application kept
+for every module that asks for the same settings (`shared_serving`; 13 s of Serve start-up and
+5 s of shutdown saved per module), ended by the next `serving` or by `release_shared`."""
 
 from __future__ import annotations
 
@@ -80,11 +82,47 @@ def write_tiny_models() -> tuple[str, str]:
     return recognizer_url, generator_url
 
 
-@contextmanager
-def serving(**overrides) -> Iterator[Served]:
-    """Serve the tiny models with small limits; `serve.shutdown()` afterwards."""
+# What test_serve.py and test_serve_fuzz.py share: the schema fuzzer also sends missing and wrong
+# keys, so no rate limit on them (it is tested in test_serve_hostile.py, on its own application).
+OPEN_KEYS = {"key_failures_per_minute": 10**6}
+
+_SHARED: dict[str, object] = {}  # the shared application: its overrides and its Served
+
+
+def release_shared() -> None:
+    """Shut the shared application down, if one is up (a module that needs Serve stopped or
+    configured otherwise calls this first)."""
     from ray import serve
 
+    if _SHARED:
+        _SHARED.clear()
+        serve.shutdown()
+
+
+def shared_serving(**overrides) -> Served:
+    """The tiny models served with small limits, started once for every caller that passes the
+    same overrides; `release_shared` (or the session's end) shuts it down."""
+    if _SHARED and _SHARED["overrides"] == overrides:
+        return _SHARED["served"]
+    release_shared()
+    served = _start(overrides)
+    _SHARED.update(overrides=overrides, served=served)
+    return served
+
+
+@contextmanager
+def serving(**overrides) -> Iterator[Served]:
+    """Serve the tiny models with small limits for one module; `serve.shutdown()` afterwards."""
+    from ray import serve
+
+    release_shared()
+    try:
+        yield _start(overrides)
+    finally:
+        serve.shutdown()
+
+
+def _start(overrides: dict) -> Served:
     from cemiray.serve.app import ServeConfig, run
 
     recognizer_url, generator_url = write_tiny_models()
@@ -96,11 +134,7 @@ def serving(**overrides) -> Iterator[Served]:
         "max_body_bytes": 2 * 2**20, "variation_estimator": TOYFACES_ATTRIBUTES_JUDGE,
     }
     cfg = ServeConfig(**(settings | overrides))
-    try:
-        base_url = run(cfg)
-        yield Served(base_url, recognizer_url, generator_url, cfg)
-    finally:
-        serve.shutdown()
+    return Served(run(cfg), recognizer_url, generator_url, cfg)
 
 
 def face_image(seed: int, size: int = 48) -> np.ndarray:

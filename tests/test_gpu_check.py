@@ -30,9 +30,11 @@ def test_scale_follows_the_device_and_a_given_key_wins():
 @pytest.mark.ray
 def test_gpu_check_on_the_cpu_reports_every_section(ray_cluster, tmp_path, capsys):
     from ray import serve
+    from serve_helpers import release_shared
 
     from cemiray.bench.unet_flops import unet_flops_per_image
 
+    release_shared()  # gpu-check refuses a cluster where Serve already runs
     out = tmp_path / "gpu_check"
     try:
         figures = run(GpuCheckConfig(out=str(out), device="cpu",

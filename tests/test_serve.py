@@ -17,7 +17,7 @@ import pytest
 import requests
 import yaml
 from pydantic import ValidationError
-from serve_helpers import EMBED_DIM, b64, face_image, serving
+from serve_helpers import EMBED_DIM, OPEN_KEYS, b64, face_image, shared_serving
 
 from cemiray.data.images import decode_image, encode_jpeg, encode_png
 from cemiray.serve import ServeConfig, serve_config, write_serve_config
@@ -30,8 +30,7 @@ LANDMARKS = [[15.0, 18.0], [33.0, 18.0], [24.0, 27.0], [17.0, 36.0], [31.0, 36.0
 
 @pytest.fixture(scope="module")
 def served(ray_cluster):
-    with serving() as app:
-        yield app
+    return shared_serving(**OPEN_KEYS)
 
 
 @pytest.fixture(scope="module")

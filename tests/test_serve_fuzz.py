@@ -14,7 +14,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from serve_helpers import EMBED_DIM, b64, face_image, serving
+from serve_helpers import EMBED_DIM, OPEN_KEYS, b64, face_image, shared_serving
 
 from cemiray.data.images import encode_jpeg, encode_png
 
@@ -27,10 +27,7 @@ TIMEOUT = 60
 
 @pytest.fixture(scope="module")
 def served(ray_cluster):
-    # The schema fuzzer also sends missing and wrong keys: no rate limit on them here (it is
-    # tested in test_serve_hostile.py).
-    with serving(key_failures_per_minute=10**6) as app:
-        yield app
+    return shared_serving(**OPEN_KEYS)  # started by test_serve.py when it ran first
 
 
 class Budget:
