@@ -65,6 +65,7 @@ def test_quickstart_small(ray_cluster, tmp_path, capsys, scaled):
     assert [r["accuracies"] for r in quoted["training_sets"]] == [
         r["accuracies"] for r in results["training_sets"]]
     assert quoted["claims"][0]["verdict"] == claim["verdict"] and quoted["command"]
+    assert quoted["wall_seconds"] == results["wall_seconds"] > 0 and quoted["stages_cached"] == 0
     assert [c["target"] for c in results["calibration"]] == [0.5]
     assert results["calibration"][0]["n"] == 24 + 48 * scaled
     assert set(results["score_distributions"]) == set(rows)
@@ -105,3 +106,4 @@ def test_quickstart_small(ray_cluster, tmp_path, capsys, scaled):
     assert {s: (tmp_path / s).stat().st_mtime_ns for s in shards} == before
     again = json.loads((exp / "results.json").read_text())["provenance"]
     assert sorted(again["cached"]) == sorted(prov["hashes"]) and again["hashes"] == prov["hashes"]
+    assert json.loads((tmp_path / "summary.json").read_text())["stages_cached"] == len(prov["hashes"])
