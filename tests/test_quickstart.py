@@ -65,7 +65,8 @@ def test_quickstart_small(ray_cluster, tmp_path, capsys, scaled):
     assert [r["accuracies"] for r in quoted["training_sets"]] == [
         r["accuracies"] for r in results["training_sets"]]
     assert quoted["claims"][0]["verdict"] == claim["verdict"] and quoted["command"]
-    assert quoted["wall_seconds"] == results["wall_seconds"] > 0 and quoted["stages_cached"] == 0
+    assert quoted["wall_seconds"] == results["provenance"]["wall_seconds"] > 0
+    assert quoted["stages_cached"] == 0
     assert [c["target"] for c in results["calibration"]] == [0.5]
     assert results["calibration"][0]["n"] == 24 + 48 * scaled
     assert set(results["score_distributions"]) == set(rows)

@@ -356,7 +356,7 @@ def summary_of(results: dict[str, Any], command: str) -> dict[str, Any]:
         "created": results.get("created"),
         "machine": {k: results.get("machine", {}).get(k) for k in ("cpus", "gpu", "date")},
         # the loop's own wall time (stages taken from the cache cost ~0: their count beside it)
-        "wall_seconds": results.get("wall_seconds"),
+        "wall_seconds": results.get("provenance", {}).get("wall_seconds"),
         "stages_cached": len(results.get("provenance", {}).get("cached", [])),
         "training_sets": [{k: row.get(k) for k in keep} for row in results["training_sets"]],
         "claims": [{k: c[k] for k in ("claim", "a", "b", "p", "significant", "ratio", "verdict")}
