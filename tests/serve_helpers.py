@@ -104,8 +104,14 @@ def shared_serving(**overrides) -> Served:
     same overrides; `release_shared` (or the session's end) shuts it down."""
     if _SHARED and _SHARED["overrides"] == overrides:
         return _SHARED["served"]
+    from ray import serve
+
     release_shared()
-    served = _start(overrides)
+    try:
+        served = _start(overrides)
+    except BaseException:
+        serve.shutdown()  # a failed start leaves no Serve behind for the next module
+        raise
     _SHARED.update(overrides=overrides, served=served)
     return served
 

@@ -351,13 +351,14 @@ def summary_of(results: dict[str, Any], command: str) -> dict[str, Any]:
         for label, d in (results.get("score_distributions") or {}).items()}
     from cemiray.runtime.machine import repository_relative
 
+    provenance = results.get("provenance", {})
     return repository_relative({
         "command": command,
         "created": results.get("created"),
         "machine": {k: results.get("machine", {}).get(k) for k in ("cpus", "gpu", "date")},
         # the loop's own wall time (stages taken from the cache cost ~0: their count beside it)
-        "wall_seconds": results.get("provenance", {}).get("wall_seconds"),
-        "stages_cached": len(results.get("provenance", {}).get("cached", [])),
+        "wall_seconds": provenance.get("wall_seconds"),
+        "stages_cached": len(provenance.get("cached", [])),
         "training_sets": [{k: row.get(k) for k in keep} for row in results["training_sets"]],
         "claims": [{k: c[k] for k in ("claim", "a", "b", "p", "significant", "ratio", "verdict")}
                    for c in results.get("claims", [])],
