@@ -82,3 +82,13 @@ def test_a_set_with_variation_is_named_by_it() -> None:
 
     cfg = ExperimentConfig(sets=[{"m": [0.6]}, {"m": [0.6], "variation": {"kind": "target"}}])
     assert [s.label for s in cfg.sets] == ["m=0.6", "m=0.6 +target variation"]
+
+
+def test_correlation_ci_is_fishers_interval():
+    from cemiray.eval.statistics import correlation_ci
+
+    low, high = correlation_ci(0.673, 140)  # z = atanh(0.673) ± 1.96 / sqrt(137)
+    assert (round(low, 3), round(high, 3)) == (0.571, 0.755)
+    assert correlation_ci(-0.5, 50) == pytest.approx(tuple(-v for v in correlation_ci(0.5, 50)[::-1]))
+    with pytest.raises(ValueError, match="n >= 4"):
+        correlation_ci(0.5, 3)

@@ -107,3 +107,12 @@ def paired_test(a: Sequence[float], b: Sequence[float],
         t = diff.mean / (spread / math.sqrt(x.size))
         p = float(2 * stats.t.sf(abs(t), x.size - 1))
     return PairedTest(diff, float(t), p, 1.0 - confidence)
+
+
+def correlation_ci(rho: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Fisher's z interval for a (rank) correlation over n observations taken as independent;
+    clustered observations (images of one identity) make it narrower than the truth."""
+    if n < 4 or not -1 < rho < 1:
+        raise ValueError(f"correlation_ci: needs n >= 4 and |rho| < 1, got n={n}, rho={rho}")
+    z, half = math.atanh(rho), stats.norm.ppf(0.5 + confidence / 2) / math.sqrt(n - 3)
+    return math.tanh(z - half), math.tanh(z + half)
